@@ -1,0 +1,33 @@
+# The two commands: `make run` and `make test`. Both create the virtualenv
+# and install what they need; nothing has to be installed by hand.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8000
+BIN := $(VENV)/bin
+# daphne's limit for one incoming websocket message (the contract: 16 KiB).
+DAPHNE_ARGS := --websocket-max-message-size 16384 --websocket-max-frame-size 16384
+
+.PHONY: run test migrate clean
+
+$(BIN)/.installed-run: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(BIN)/.installed-test: requirements.txt requirements-dev.txt $(BIN)/.installed-run
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+migrate: $(BIN)/.installed-run
+	$(BIN)/python manage.py migrate --noinput
+
+## Set up and serve the chat on http://127.0.0.1:$(PORT)/ (SQLite + in-memory layer by default).
+run: migrate
+	$(BIN)/python -m chatsite.server -b 127.0.0.1 -p $(PORT) $(DAPHNE_ARGS) chatsite.asgi:application
+
+## Set up and run the whole test suite.
+test: $(BIN)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) db.sqlite3

@@ -1,0 +1,278 @@
+"""The chat websocket: one consumer per open tab.
+
+The consumer authenticates from ``scope``, parses each frame with
+``chat.protocol``, calls one service or selector, and sends or broadcasts the
+result. Channel-layer events carry frames already encoded.
+"""
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+
+from chat import events, protocol, selectors, services
+from chat.identity import Identity
+from chat.presence import Snapshot, Tab, get_presence
+from chat.ratelimit import get_rate_limiter
+
+logger = logging.getLogger(__name__)
+
+# What a broken database, Redis or channel layer raises; the frame is
+# answered with "unavailable" and the socket stays open.
+UNAVAILABLE = (DatabaseError, RedisError, OSError, asyncio.TimeoutError)
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """A websocket of one browser tab in one room."""
+
+    identity: Identity | None = None
+
+    async def connect(self) -> None:
+        self.room: str = self.scope["url_route"]["kwargs"]["room"]
+        self.presence = get_presence()
+        self.rate_limiter = get_rate_limiter()
+        self.presence_version = 0
+        self.heartbeat: asyncio.Task[None] | None = None
+        user = self.scope.get("user")
+        try:
+            identity = await database_sync_to_async(services.resolve_identity)(
+                session=self.scope["session"], verified=bool(user and user.is_authenticated)
+            )
+            last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
+        except UNAVAILABLE as exc:
+            logger.warning("connect refused room=%s: storage unavailable (%s)", self.room, exc.__class__.__name__)
+            await self.accept()
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        await self.accept()
+        if identity is None:
+            logger.info("connect closed room=%s: no valid session", self.room)
+            await self.close(code=protocol.CLOSE_NO_SESSION)
+            return
+        self.identity = identity
+        try:
+            await self.channel_layer.group_add(events.room_group(self.room), self.channel_name)
+            await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
+            await self.send(
+                text_data=protocol.welcome_frame(
+                    room=self.room,
+                    username=identity.username,
+                    author_id=identity.author_id,
+                    verified=identity.verified,
+                    last_id=last_id,
+                )
+            )
+            await self.publish_presence(
+                await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
+            )
+        except UNAVAILABLE as exc:
+            logger.warning("connect closed room=%s: channel layer unavailable (%s)", self.room, exc.__class__.__name__)
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        self.heartbeat = asyncio.create_task(self.keep_present())
+        logger.info("connected room=%s author=%s verified=%s", self.room, identity.author_id, identity.verified)
+
+    async def disconnect(self, code: int) -> None:
+        if self.identity is None:
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+        logger.info("disconnected room=%s author=%s code=%s", self.room, self.identity.author_id, code)
+        try:
+            snapshot = await self.presence.leave(room=self.room, conn=self.channel_name)
+            if snapshot is not None:
+                await self.publish_presence(snapshot)
+            await self.channel_layer.group_discard(events.room_group(self.room), self.channel_name)
+            await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
+        except UNAVAILABLE as exc:
+            # Presence entries and group memberships expire on their own.
+            logger.warning("disconnect cleanup failed room=%s: %s", self.room, exc.__class__.__name__)
+
+    # --- Client frames ----------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data is not None:
+            logger.info("closing room=%s: binary frame", self.room)
+            await self.close(code=protocol.CLOSE_BINARY_FRAME)
+            return
+        if self.identity is None or text_data is None:
+            return
+        try:
+            frame = protocol.parse_frame(text_data)
+        except protocol.FrameError as error:
+            logger.info("frame rejected room=%s code=%s", self.room, error.code)
+            await self.send_error(error.code, error.message, client_id=error.client_id)
+            return
+        match frame:
+            case protocol.Chat():
+                await self.on_chat(frame)
+            case protocol.Rename():
+                await self.on_rename(frame)
+            case protocol.History():
+                await self.on_history(frame)
+            case protocol.Resume():
+                await self.on_resume(frame)
+            case protocol.Ping():
+                await self.send(text_data=protocol.pong_frame())
+
+    async def on_chat(self, frame: protocol.Chat) -> None:
+        assert self.identity is not None
+        if not await self.within_rate(action="chat", client_id=frame.client_id):
+            return
+        try:
+            posted = await events.call_service(
+                services.post_message,
+                identity=self.identity,
+                room=self.room,
+                text=frame.text,
+                client_id=frame.client_id,
+            )
+        except events.BroadcastFailed as failed:
+            # Stored, but the room did not hear of it: acknowledge to the
+            # sender; the others fetch it with `resume`.
+            await self.send(text_data=protocol.chat_frame(failed.result.message))
+            return
+        except UNAVAILABLE:
+            await self.send_unavailable(client_id=frame.client_id)
+            return
+        if not posted.created:
+            await self.send(text_data=protocol.chat_frame(posted.message))
+
+    async def on_rename(self, frame: protocol.Rename) -> None:
+        assert self.identity is not None
+        if not await self.within_rate(action="rename", client_id=None):
+            return
+        try:
+            await events.call_service(
+                services.rename_visitor,
+                session_id=self.identity.session_id,
+                username=frame.username,
+                previous=self.identity.username,
+            )
+        except events.BroadcastFailed:
+            # Saved; other tabs see it on their next connect.
+            self.identity = replace(self.identity, username=frame.username)
+            await self.send(text_data=protocol.identity_frame(username=frame.username))
+        except UNAVAILABLE:
+            await self.send_unavailable(client_id=None)
+
+    async def on_history(self, frame: protocol.History) -> None:
+        try:
+            messages, has_more = await database_sync_to_async(selectors.messages_before)(
+                room=self.room, before=frame.before, limit=frame.limit
+            )
+        except UNAVAILABLE:
+            await self.send_unavailable(client_id=None)
+            return
+        await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
+
+    async def on_resume(self, frame: protocol.Resume) -> None:
+        try:
+            messages, has_more = await database_sync_to_async(selectors.messages_after)(
+                room=self.room, after=frame.after, limit=protocol.RESUME_MAX
+            )
+        except UNAVAILABLE:
+            await self.send_unavailable(client_id=None)
+            return
+        await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
+
+    # --- Channel-layer events -------------------------------------------------
+
+    async def chat_message(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["frame"])
+
+    async def chat_renamed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["frame"])
+
+    async def presence_changed(self, event: dict[str, Any]) -> None:
+        # Snapshots can overtake each other on the way; show only newer ones.
+        if event["version"] > self.presence_version:
+            self.presence_version = event["version"]
+            await self.send(text_data=event["frame"])
+
+    async def identity_changed(self, event: dict[str, Any]) -> None:
+        """This browser was renamed (by one of its tabs, or by staff)."""
+        if self.identity is None:
+            return
+        self.identity = replace(self.identity, username=event["username"])
+        await self.send(text_data=protocol.identity_frame(username=event["username"]))
+        if event["old"] == event["username"]:
+            return
+        # Every tab of the browser gets this event; one per room tells the room.
+        try:
+            if not await self.presence.claim(f"rename:{event['change_id']}:{self.room}"):
+                return
+            snapshot = await self.presence.rename(
+                room=self.room, author_id=self.identity.author_id, username=event["username"]
+            )
+            await events.publish(
+                events.room_group(self.room),
+                {
+                    "type": "chat.renamed",
+                    "frame": protocol.renamed_frame(
+                        author_id=self.identity.author_id, old=event["old"], username=event["username"]
+                    ),
+                },
+            )
+            if snapshot is not None:
+                await self.publish_presence(snapshot)
+        except UNAVAILABLE as exc:
+            logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
+
+    # --- Helpers ------------------------------------------------------------------
+
+    def tab(self) -> Tab:
+        assert self.identity is not None
+        return Tab(self.identity.author_id, self.identity.username, self.identity.verified)
+
+    async def publish_presence(self, snapshot: Snapshot) -> None:
+        await events.publish(
+            events.room_group(self.room),
+            {
+                "type": "presence.changed",
+                "version": snapshot.version,
+                "frame": protocol.presence_frame(room=self.room, users=snapshot.users),
+            },
+        )
+
+    async def keep_present(self) -> None:
+        """Refresh this tab's presence entry until the socket closes."""
+        while True:
+            await asyncio.sleep(settings.CHAT_PRESENCE_TTL / 3)
+            try:
+                snapshot = await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab())
+                if snapshot is not None:
+                    await self.publish_presence(snapshot)
+            except UNAVAILABLE as exc:
+                logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
+
+    async def within_rate(self, *, action: str, client_id: str | None) -> bool:
+        assert self.identity is not None
+        try:
+            retry_after = await self.rate_limiter.hit(action=action, author_id=self.identity.author_id)
+        except UNAVAILABLE:
+            await self.send_unavailable(client_id=client_id)
+            return False
+        if retry_after is None:
+            return True
+        await self.send_error(
+            "rate_limited", "Too many messages; wait a moment.", client_id=client_id, retry_after=retry_after
+        )
+        return False
+
+    async def send_unavailable(self, *, client_id: str | None) -> None:
+        await self.send_error("unavailable", "The chat cannot store this right now; try again.", client_id=client_id)
+
+    async def send_error(
+        self, code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None
+    ) -> None:
+        await self.send(
+            text_data=protocol.error_frame(code, message, client_id=client_id, retry_after=retry_after)
+        )

@@ -1,0 +1,50 @@
+"""Give every browser a long-lived session with a ``session_id`` on its page views."""
+
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from chat.identity import SESSION_ID_KEY, ensure_session_id, get_session_id
+
+# The date the cookie was last re-sent. Changing it once a day makes Django
+# save the session and send the cookie again with a fresh expiry, so an
+# active visitor never loses it, without a write on every page view.
+REFRESHED_ON_KEY = "refreshed_on"
+
+
+def session_id_exempt(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a view that must not create a session (health checks, APIs)."""
+    view.session_id_exempt = True  # type: ignore[attr-defined]
+    return view
+
+
+class SessionIdMiddleware:
+    """Ensure the session holds a ``session_id``, kept even when the session is flushed.
+
+    Sits after Django's ``SessionMiddleware``. Django keeps session data when
+    it rotates the key (``cycle_key`` on login); on logout it flushes the
+    data, and this puts the browser's ``session_id`` back.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        known = get_session_id(request.session)
+        response = self.get_response(request)
+        if known is not None and get_session_id(request.session) is None:
+            request.session[SESSION_ID_KEY] = str(known)
+        if request.is_secure() and settings.SESSION_COOKIE_NAME in response.cookies:
+            response.cookies[settings.SESSION_COOKIE_NAME]["secure"] = True
+        return response
+
+    def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *args: Any) -> None:
+        if getattr(view_func, "session_id_exempt", False):
+            return
+        ensure_session_id(request.session)
+        today = date.today().isoformat()
+        if request.session.get(REFRESHED_ON_KEY) != today:
+            request.session[REFRESHED_ON_KEY] = today

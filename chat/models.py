@@ -1,0 +1,66 @@
+"""What the chat stores: per-browser settings, rooms and messages."""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from chat import validators
+
+
+class VisitorSettings(models.Model):
+    """The settings of one browser, keyed by the ``session_id`` in its session.
+
+    A visitor who never picked a name has no row: the guest name is derived.
+    """
+
+    session_id = models.UUIDField(unique=True)
+    username = models.CharField(max_length=validators.USERNAME_MAX_LENGTH)
+    read_at = models.DateTimeField(
+        default=timezone.now, db_index=True, help_text="Last time these settings were resolved."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        verbose_name = "visitor settings"
+        verbose_name_plural = "visitor settings"
+
+    def __str__(self) -> str:
+        return f"{self.username} ({self.session_id})"
+
+
+class Room(models.Model):
+    """A chat room. Its row also serializes the inserts of its messages."""
+
+    name = models.CharField(primary_key=True, max_length=50, validators=[validators.check_room])
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Message(models.Model):
+    """One chat message, with the author's name as it was when sent."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages", db_column="room")
+    author_id = models.CharField(max_length=32, db_index=True)
+    username = models.CharField(max_length=validators.USERNAME_MAX_LENGTH)
+    verified = models.BooleanField(default=False)
+    text = models.TextField(max_length=validators.TEXT_MAX_LENGTH)
+    client_id = models.CharField(max_length=validators.CLIENT_ID_MAX_LENGTH, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            # A client re-sending a message it had no acknowledgement for
+            # must not store it twice.
+            models.UniqueConstraint(
+                fields=["author_id", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="chat_message_unique_client_id",
+            )
+        ]
+        indexes = [models.Index(fields=["room", "id"], name="chat_message_room_id")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.username}: {self.text[:40]}"

@@ -1,0 +1,338 @@
+// The chat's browser client: one websocket, one render function per frame type.
+// Every name and text is put on the page with textContent, never as HTML.
+
+const config = JSON.parse(document.getElementById("chat-config").textContent);
+const $ = (id) => document.getElementById(id);
+const els = {
+  status: $("status"), messages: $("messages"), presence: $("presence"), older: $("older"),
+  name: $("username"), nameState: $("name-state"), compose: $("compose"), input: $("message"),
+};
+
+const state = {
+  socket: null,
+  attempt: 0,                 // reconnect attempts since the last welcome
+  authorId: config.author_id,
+  username: config.username,  // the name the server says we have
+  wantedName: null,           // a name typed but not yet confirmed
+  known: new Set(),           // ids of the messages on the page
+  lastId: 0,                  // newest message id seen: what `resume` asks after
+  pending: new Map(),         // client_id -> text, sent without an echo yet
+  requests: [],               // "older" | "resume", in the order they were sent
+  nameTimer: null,
+};
+
+// --- Messages ----------------------------------------------------------------
+
+function formatTime(iso) {
+  return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function messageElement(m) {
+  const li = document.createElement("li");
+  li.className = "message" + (m.author_id === state.authorId ? " own" : "");
+  li.dataset.testid = "message";
+  li.dataset.messageId = String(m.id);
+  li.dataset.authorId = m.author_id;
+  const meta = li.appendChild(document.createElement("span"));
+  meta.className = "meta";
+  const author = meta.appendChild(document.createElement("span"));
+  author.className = "author";
+  author.dataset.testid = "message-author";
+  author.dir = "auto";
+  author.textContent = m.username;
+  if (m.verified) {
+    const badge = meta.appendChild(document.createElement("span"));
+    badge.className = "badge";
+    badge.title = "signed-in staff";
+    badge.textContent = "staff";
+  }
+  const time = meta.appendChild(document.createElement("time"));
+  time.dateTime = m.ts;
+  time.textContent = formatTime(m.ts);
+  const text = li.appendChild(document.createElement("span"));
+  text.className = "text";
+  text.dataset.testid = "message-text";
+  text.dir = "auto";
+  text.textContent = m.text;
+  return li;
+}
+
+function nearBottom() {
+  const list = els.messages;
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+function scrollToBottom() {
+  els.messages.scrollTop = els.messages.scrollHeight;
+}
+
+// Insert a stored message in id order; a message already shown is skipped.
+function addMessage(m) {
+  if (state.known.has(m.id)) return;
+  state.known.add(m.id);
+  state.lastId = Math.max(state.lastId, m.id);
+  const li = messageElement(m);
+  let next = null;
+  for (const other of els.messages.querySelectorAll("[data-testid=message]")) {
+    if (Number(other.dataset.messageId) > m.id) { next = other; break; }
+  }
+  els.messages.insertBefore(li, next || firstPending());
+  if (m.client_id && state.pending.has(m.client_id)) {
+    state.pending.delete(m.client_id);
+    els.messages.querySelector(`[data-client-id="${CSS.escape(m.client_id)}"]`)?.remove();
+  }
+}
+
+function firstPending() {
+  return els.messages.querySelector("[data-testid=message-pending]");
+}
+
+function oldestId() {
+  const first = els.messages.querySelector("[data-testid=message]");
+  return first ? Number(first.dataset.messageId) : null;
+}
+
+function addNotice(text) {
+  const li = document.createElement("li");
+  li.className = "notice";
+  li.textContent = text;
+  els.messages.insertBefore(li, firstPending());
+}
+
+// --- Frames from the server: one render function per type ----------------------
+
+const render = {
+  welcome(frame) {
+    state.attempt = 0;
+    state.authorId = frame.author_id;
+    setStatus("connected");
+    applyName(frame.username);
+    if (frame.last_id !== null && frame.last_id > state.lastId) request("resume", { after: state.lastId });
+    for (const [clientId, text] of state.pending) send({ type: "chat", text, client_id: clientId });
+    if (state.wantedName !== null && state.wantedName !== state.username) sendName();
+  },
+  chat(frame) {
+    const stick = nearBottom() || state.pending.has(frame.client_id);
+    addMessage(frame);
+    if (stick) scrollToBottom();
+  },
+  history(frame) {
+    const kind = state.requests.shift();
+    if (kind === "older") {
+      const list = els.messages;
+      const fromBottom = list.scrollHeight - list.scrollTop;
+      frame.messages.forEach(addMessage);
+      list.scrollTop = list.scrollHeight - fromBottom;  // keep the reader's place
+      els.older.hidden = !frame.has_more;
+      els.older.disabled = false;
+    } else {
+      const stick = nearBottom();
+      frame.messages.forEach(addMessage);
+      if (stick) scrollToBottom();
+      if (frame.has_more) request("resume", { after: state.lastId });
+    }
+  },
+  identity(frame) {
+    applyName(frame.username);
+  },
+  renamed(frame) {
+    if (frame.author_id !== state.authorId) addNotice(`${frame.old} is now ${frame.username}`);
+  },
+  presence(frame) {
+    const items = frame.users.map((user) => {
+      const li = document.createElement("li");
+      li.dataset.testid = "presence-user";
+      li.dataset.authorId = user.author_id;
+      li.className = user.author_id === state.authorId ? "me" : "";
+      const name = li.appendChild(document.createElement("span"));
+      name.dir = "auto";
+      name.textContent = user.username;
+      if (user.verified) {
+        const badge = li.appendChild(document.createElement("span"));
+        badge.className = "badge";
+        badge.textContent = "staff";
+      }
+      if (user.tabs > 1) {
+        const tabs = li.appendChild(document.createElement("span"));
+        tabs.className = "tabs";
+        tabs.textContent = `${user.tabs} tabs`;
+      }
+      return li;
+    });
+    els.presence.replaceChildren(...items);
+  },
+  error(frame) {
+    const item = frame.client_id && state.pending.has(frame.client_id) ? frame.client_id : null;
+    if (frame.code === "rate_limited" || frame.code === "unavailable") {
+      const wait = (frame.retry_after ?? 2) * 1000;
+      if (item) setTimeout(() => resend(item), wait);
+      else if (state.wantedName !== null) setTimeout(sendName, wait);
+      return;
+    }
+    if (frame.code === "invalid_username") {
+      state.wantedName = null;
+      els.nameState.textContent = frame.message;
+      els.nameState.className = "name-state bad";
+      return;
+    }
+    if (item) {
+      state.pending.delete(item);
+      const li = els.messages.querySelector(`[data-client-id="${CSS.escape(item)}"]`);
+      if (li) { li.classList.add("failed"); li.title = frame.message; }
+    }
+    console.warn("chat: server refused a frame:", frame.code, frame.message);
+  },
+  pong() {},
+};
+
+// --- The socket ------------------------------------------------------------------
+
+function setStatus(text) {
+  els.status.textContent = text;
+  els.status.dataset.state = text;
+}
+
+function send(frame) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify(frame));
+    return true;
+  }
+  return false;
+}
+
+function request(kind, fields) {
+  if (send({ type: kind === "older" ? "history" : "resume", ...fields })) state.requests.push(kind);
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/chat/${config.room}/`);
+  state.socket = socket;
+  state.requests = [];
+  setStatus(state.attempt ? "reconnecting" : "connecting");
+  socket.addEventListener("message", (event) => {
+    let frame;
+    try { frame = JSON.parse(event.data); } catch { return; }
+    const handler = Object.hasOwn(render, frame.type) ? render[frame.type] : null;
+    if (handler) handler(frame);
+  });
+  socket.addEventListener("close", (event) => {
+    if (state.socket !== socket) return;
+    if (event.code === 4401) {
+      // No valid session: the page view creates one.
+      setStatus("reloading");
+      location.reload();
+      return;
+    }
+    state.attempt += 1;
+    // Exponential backoff with full jitter, so a restarted server is not
+    // hit by every client at the same moment.
+    const delay = Math.random() * Math.min(15000, 500 * 2 ** state.attempt);
+    setStatus("reconnecting");
+    setTimeout(connect, delay);
+  });
+}
+
+// --- Sending ------------------------------------------------------------------
+
+function newClientId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function resend(clientId) {
+  const text = state.pending.get(clientId);
+  if (text !== undefined) send({ type: "chat", text, client_id: clientId });
+}
+
+function sendMessage(text) {
+  const clientId = newClientId();
+  state.pending.set(clientId, text);
+  const li = document.createElement("li");
+  li.className = "message own pending";
+  li.dataset.testid = "message-pending";
+  li.dataset.clientId = clientId;
+  const body = li.appendChild(document.createElement("span"));
+  body.className = "text";
+  body.dir = "auto";
+  body.textContent = text;
+  els.messages.appendChild(li);
+  scrollToBottom();
+  send({ type: "chat", text, client_id: clientId });  // if closed, sent on the next welcome
+}
+
+els.compose.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = els.input.value.trim();
+  if (!text) return;
+  els.input.value = "";
+  sendMessage(text);
+});
+
+els.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    els.compose.requestSubmit();
+  }
+});
+
+// --- The name -------------------------------------------------------------------
+
+function applyName(username) {
+  state.username = username;
+  // A name the visitor typed and the server has not confirmed yet wins.
+  if (state.wantedName !== null && state.wantedName !== username) return;
+  state.wantedName = null;
+  els.name.value = username;
+  els.nameState.textContent = "saved";
+  els.nameState.className = "name-state ok";
+}
+
+function sendName() {
+  if (state.wantedName === null) return;
+  if (send({ type: "rename", username: state.wantedName })) {
+    els.nameState.textContent = "saving…";
+    els.nameState.className = "name-state";
+  }
+}
+
+els.name.addEventListener("input", () => {
+  clearTimeout(state.nameTimer);
+  const wanted = els.name.value.trim();
+  els.nameState.textContent = "";
+  if (!wanted || wanted === state.username) {
+    state.wantedName = null;
+    return;
+  }
+  state.wantedName = wanted;
+  state.nameTimer = setTimeout(sendName, 500);  // save as the visitor types
+});
+
+els.name.addEventListener("blur", () => {
+  if (!els.name.value.trim()) els.name.value = state.username;
+});
+
+// --- Older messages ---------------------------------------------------------------
+
+function loadOlder() {
+  if (els.older.hidden || els.older.disabled || state.requests.includes("older")) return;
+  els.older.disabled = true;
+  request("older", { before: oldestId(), limit: config.page_size });
+  if (!state.requests.includes("older")) els.older.disabled = false;
+}
+
+els.older.addEventListener("click", loadOlder);
+els.messages.addEventListener("scroll", () => {
+  if (els.messages.scrollTop === 0) loadOlder();
+});
+
+// --- Start -----------------------------------------------------------------------
+
+for (const m of config.messages) {
+  state.known.add(m.id);
+  state.lastId = Math.max(state.lastId, m.id);
+}
+for (const time of els.messages.querySelectorAll("time")) time.textContent = formatTime(time.dateTime);
+scrollToBottom();
+connect();

@@ -1,0 +1,107 @@
+"""Shared fixtures: real services when configured, clean state for every test.
+
+Tests marked ``postgres`` or ``redis`` need the real server (``DATABASE_URL``
+pointing at PostgreSQL, ``REDIS_URL``). Without it they skip and say why;
+under ``CI=true`` a missing service fails the run instead.
+"""
+
+import copy
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from chat import presence, ratelimit
+from chat.identity import ensure_session_id
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _missing_service(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("postgres") and settings.DATABASES["default"]["ENGINE"] != (
+        "django.db.backends.postgresql"
+    ):
+        return "needs PostgreSQL: set DATABASE_URL=postgres://… to run it"
+    if item.get_closest_marker("redis") and not settings.REDIS_URL:
+        return "needs Redis: set REDIS_URL=redis://… to run it"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = _missing_service(item)
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and this test {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(settings) -> Iterator[None]:
+    """Give each test its own Redis key space, channel layer and in-process stores."""
+    run = uuid.uuid4().hex[:12]
+    settings.CHAT_REDIS_PREFIX = f"chat-test-{run}"
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    if "prefix" in layers["default"].get("CONFIG", {}):
+        layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{run}"
+    settings.CHANNEL_LAYERS = layers  # the setting_changed signal resets the layer
+    saved = presence._local, ratelimit._local
+    presence._local, ratelimit._local = presence.LocalPresence(), ratelimit.LocalRateLimiter()
+    yield
+    presence._local, ratelimit._local = saved
+
+
+def make_session(*, user=None) -> SessionStore:
+    """Create and save a browser session the way a first page view does."""
+    session = SessionStore()
+    ensure_session_id(session)
+    if user is not None:
+        session["_auth_user_id"] = str(user.pk)
+        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.save()
+    return session
+
+
+@pytest.fixture
+def browser_session() -> Callable[..., SessionStore]:
+    """Return a factory of saved sessions (one per simulated browser)."""
+    return make_session
+
+
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+
+
+class DataQueries(CaptureQueriesContext):
+    """Capture queries, counting only data statements (not BEGIN/SAVEPOINT/...).
+
+    Transaction control differs between SQLite and PostgreSQL; the data
+    statements an operation runs are what must stay exact.
+    """
+
+    @property
+    def statements(self) -> list[str]:
+        return [q["sql"] for q in self.captured_queries if not q["sql"].upper().startswith(_TRANSACTION_CONTROL)]
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def data_queries() -> Callable[[], DataQueries]:
+    return lambda: DataQueries(connection)
+
+
+@pytest.fixture
+async def channel_layer():
+    layer = get_channel_layer()
+    yield layer
+    if hasattr(layer, "close_pools"):
+        await layer.close_pools()
