@@ -105,3 +105,41 @@ async def channel_layer():
     yield layer
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
+
+
+class AllQueries:
+    """Data statements run on any thread (the consumer's database thread too)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def clear(self) -> None:
+        self.statements.clear()
+
+
+@pytest.fixture
+def all_queries(monkeypatch) -> AllQueries:
+    """Record every data statement from now on, whichever thread runs it."""
+    from django.db.backends import utils
+
+    record = AllQueries()
+    original = utils.CursorWrapper._execute_with_wrappers
+
+    def recording(self, sql, params, many, executor):
+        if not str(sql).upper().lstrip().startswith(_TRANSACTION_CONTROL):
+            record.statements.append(str(sql))
+        return original(self, sql, params, many, executor)
+
+    monkeypatch.setattr(utils.CursorWrapper, "_execute_with_wrappers", recording)
+    return record
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    """Close connections after each use, so the consumer's database thread
+    holds none open when the test database is dropped."""
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0

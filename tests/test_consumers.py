@@ -1,0 +1,445 @@
+"""The websocket consumer through the real ASGI stack (origin check, sessions, auth).
+
+Every frame and error of the contract (docs/protocol.md), presence with tab
+counts, per-identity rate limits, and exact query counts. With REDIS_URL set
+these run over the Redis channel layer, presence and rate limits.
+"""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+
+from chat import services
+from chat.identity import author_id_for, guest_name_for
+from chat.models import Message, VisitorSettings
+from chatsite.asgi import application
+from tests.conftest import make_session
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 3
+
+
+class Tab:
+    """One browser tab: a websocket with that browser's session cookie."""
+
+    def __init__(self, session_key: str | None, room: str = "lobby", origin: bytes = b"http://localhost") -> None:
+        headers = [(b"origin", origin), (b"host", b"localhost")]
+        if session_key:
+            headers.append((b"cookie", f"sessionid={session_key}".encode()))
+        self.comm = WebsocketCommunicator(application, f"/ws/chat/{room}/", headers=headers)
+
+    async def open(self) -> dict:
+        connected, _ = await self.comm.connect(timeout=TIMEOUT)
+        assert connected
+        welcome = await self.recv()
+        assert welcome["type"] == "welcome"
+        return welcome
+
+    async def send(self, frame: dict | str) -> None:
+        await self.comm.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self) -> dict:
+        return json.loads(await self.comm.receive_from(timeout=TIMEOUT))
+
+    async def recv_type(self, kind: str) -> dict:
+        """Skip frames until one of ``kind`` (presence frames come and go)."""
+        for _ in range(20):
+            frame = await self.recv()
+            if frame["type"] == kind:
+                return frame
+        raise AssertionError(f"no {kind} frame")
+
+    async def silent(self) -> bool:
+        return await self.comm.receive_nothing(timeout=0.3)
+
+    async def quiet(self) -> None:
+        """Drain pending frames."""
+        while not await self.comm.receive_nothing(timeout=0.2):
+            await self.comm.receive_from()
+
+    async def close(self) -> None:
+        await self.comm.disconnect()
+
+
+async def new_browser(**kwargs) -> str:
+    session = await database_sync_to_async(make_session)(**kwargs)
+    return session.session_key
+
+
+async def open_tab(key: str, room: str = "lobby") -> Tab:
+    tab = Tab(key, room)
+    await tab.open()
+    await tab.recv_type("presence")
+    return tab
+
+
+# --- Handshake ------------------------------------------------------------------
+
+
+async def test_welcome_then_presence():
+    key = await new_browser()
+    tab = Tab(key)
+    welcome = await tab.open()
+    author = welcome["author_id"]
+    assert welcome == {
+        "type": "welcome", "room": "lobby", "username": guest_name_for(author),
+        "author_id": author, "verified": False, "last_id": None,
+    }
+    presence = await tab.recv()
+    assert presence == {
+        "type": "presence", "room": "lobby",
+        "users": [{"author_id": author, "username": guest_name_for(author), "verified": False, "tabs": 1}],
+    }
+    await tab.close()
+
+
+async def test_welcome_carries_the_newest_message_id():
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "chat", "text": "one"})
+    sent = await tab.recv_type("chat")
+    other = Tab(await new_browser())
+    assert (await other.open())["last_id"] == sent["id"]
+    await tab.close()
+    await other.close()
+
+
+@pytest.mark.parametrize("cookie", [None, "not-a-session-key", "flushed"])
+async def test_handshake_without_a_valid_session_closes_with_4401(cookie):
+    if cookie == "flushed":
+        session = await database_sync_to_async(make_session)()
+        await database_sync_to_async(session.flush)()
+        cookie = session.session_key or "gone"
+    tab = Tab(cookie)
+    connected, _ = await tab.comm.connect(timeout=TIMEOUT)
+    assert connected  # accepted, then closed: the client reloads the page
+    assert await tab.comm.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4401}
+
+
+async def test_session_without_session_id_closes_with_4401():
+    from django.contrib.sessions.backends.db import SessionStore
+
+    def bare_session() -> str:
+        session = SessionStore()
+        session["other"] = 1
+        session.save()
+        return session.session_key
+
+    tab = Tab(await database_sync_to_async(bare_session)())
+    assert (await tab.comm.connect(timeout=TIMEOUT))[0]
+    assert await tab.comm.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4401}
+
+
+@pytest.mark.parametrize("origin", [b"http://evil.example", b"null", b"http://localhost.evil.example"])
+async def test_foreign_origin_is_refused_before_accept(origin):
+    tab = Tab(await new_browser(), origin=origin)
+    connected, _ = await tab.comm.connect(timeout=TIMEOUT)
+    assert not connected  # closed before accept: daphne answers the handshake with 403
+
+
+async def test_signed_in_staff_are_verified():
+    user = await database_sync_to_async(User.objects.create_user)("staff", password="pw", is_staff=True)
+    tab = Tab(await new_browser(user=user))
+    assert (await tab.open())["verified"] is True
+    await tab.recv_type("presence")
+    await tab.send({"type": "chat", "text": "official"})
+    assert (await tab.recv_type("chat"))["verified"] is True
+    await tab.close()
+
+
+# --- chat -----------------------------------------------------------------------
+
+
+async def test_chat_reaches_the_room_and_only_the_room():
+    ada, grace, elsewhere = [await new_browser() for _ in range(3)]
+    tab_a, tab_g = await open_tab(ada), await open_tab(grace)
+    tab_x = await open_tab(elsewhere, room="other")
+    await tab_a.quiet()
+    await tab_a.send({"type": "chat", "text": "  <b>hi</b>  ", "client_id": "c-1"})
+    echo = await tab_a.recv_type("chat")
+    seen = await tab_g.recv_type("chat")
+    assert echo == seen
+    assert echo["text"] == "<b>hi</b>" and echo["client_id"] == "c-1" and echo["room"] == "lobby"
+    assert echo["ts"].endswith("Z") and echo["verified"] is False
+    assert await tab_x.silent()
+    stored = await database_sync_to_async(Message.objects.get)()
+    assert (stored.pk, stored.text, stored.username) == (echo["id"], "<b>hi</b>", echo["username"])
+    for tab in (tab_a, tab_g, tab_x):
+        await tab.close()
+
+
+async def test_resent_client_id_answers_with_the_stored_message_only_to_the_sender():
+    key = await new_browser()
+    tab, other = await open_tab(key), await open_tab(await new_browser())
+    await tab.send({"type": "chat", "text": "once", "client_id": "dup"})
+    first = await tab.recv_type("chat")
+    await other.recv_type("chat")
+    await tab.quiet()
+    await tab.send({"type": "chat", "text": "once", "client_id": "dup"})
+    assert await tab.recv() == first
+    assert await other.silent()
+    assert await database_sync_to_async(Message.objects.count)() == 1
+    await tab.close()
+    await other.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "bad_json"),
+        ("[]", "bad_json"),
+        ({"type": "dance"}, "unknown_type"),
+        ({"no": "type"}, "unknown_type"),
+        ({"type": "chat", "text": "   "}, "invalid_text"),
+        ({"type": "chat", "text": "x" * 2001}, "text_too_long"),
+        ({"type": "chat", "text": "a\u0000b"}, "invalid_text"),
+        ({"type": "chat", "text": "hi", "client_id": "c" * 65}, "invalid_request"),
+        ({"type": "rename", "username": "x" * 33}, "invalid_username"),
+        ({"type": "rename", "username": "evil\u202e"}, "invalid_username"),
+        ({"type": "history", "before": "x"}, "invalid_request"),
+        ({"type": "history", "before": 5, "limit": 500}, "invalid_request"),
+        ({"type": "resume"}, "invalid_request"),
+    ],
+)
+async def test_bad_frames_get_the_contract_error_and_change_nothing(frame, code):
+    key = await new_browser()
+    tab = await open_tab(key)
+    await tab.send({"type": "rename", "username": "Ada"})
+    await tab.recv_type("identity")
+    await tab.send({"type": "chat", "text": "kept", "client_id": "k"})
+    await tab.recv_type("chat")
+    await tab.quiet()
+
+    await tab.send(frame)
+    error = await tab.recv()
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    # The socket stays open and usable.
+    await tab.send({"type": "ping"})
+    assert await tab.recv() == {"type": "pong"}
+    assert await database_sync_to_async(lambda: list(Message.objects.values_list("text", flat=True)))() == ["kept"]
+    assert await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))() == ["Ada"]
+    await tab.close()
+
+
+async def test_invalid_chat_error_carries_its_client_id():
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "chat", "text": "", "client_id": "c7"})
+    assert (await tab.recv())["client_id"] == "c7"
+    await tab.close()
+
+
+async def test_binary_frame_closes_with_4003():
+    tab = await open_tab(await new_browser())
+    await tab.comm.send_to(bytes_data=b"\x00\x01")
+    assert await tab.comm.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4003}
+
+
+async def test_ping_pong():
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "ping"})
+    assert await tab.recv() == {"type": "pong"}
+    await tab.close()
+
+
+# --- history and resume -----------------------------------------------------------
+
+
+def post_many(key_author: str, count: int, room: str = "lobby") -> list[int]:
+    from chat.models import Room
+
+    Room.objects.get_or_create(name=room)
+    messages = Message.objects.bulk_create(
+        Message(room_id=room, author_id=key_author, username="bulk", text=f"m{n}") for n in range(count)
+    )
+    return sorted(m.pk for m in Message.objects.filter(room_id=room))
+
+
+async def test_history_pages_backwards_oldest_first():
+    ids = await database_sync_to_async(post_many)("a" * 20, 120)
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "history", "before": ids[-50], "limit": 50})
+    page = await tab.recv()
+    assert page["type"] == "history" and page["has_more"] is True
+    assert [m["id"] for m in page["messages"]] == ids[-100:-50]
+    await tab.send({"type": "history", "before": ids[-100]})
+    page = await tab.recv()
+    assert [m["id"] for m in page["messages"]] == ids[:20] and page["has_more"] is False
+    await tab.close()
+
+
+async def test_resume_returns_everything_missed_up_to_500():
+    ids = await database_sync_to_async(post_many)("a" * 20, 520)
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "resume", "after": ids[9]})
+    first = await tab.recv()
+    assert [m["id"] for m in first["messages"]] == ids[10:510] and first["has_more"] is True
+    await tab.send({"type": "resume", "after": ids[509]})
+    rest = await tab.recv()
+    assert [m["id"] for m in rest["messages"]] == ids[510:] and rest["has_more"] is False
+    await tab.close()
+
+
+# --- rename ------------------------------------------------------------------------
+
+
+async def test_rename_reaches_every_tab_of_the_browser_and_each_room_once():
+    ada, grace = await new_browser(), await new_browser()
+    a1, a2 = await open_tab(ada), await open_tab(ada)
+    a3 = await open_tab(ada, room="other")
+    g = await open_tab(grace)
+    for tab in (a1, a2, a3, g):
+        await tab.quiet()
+
+    await a1.send({"type": "rename", "username": "  Ada   Lovelace "})
+    for tab in (a1, a2, a3):
+        assert await tab.recv_type("identity") == {"type": "identity", "username": "Ada Lovelace"}
+    renamed = await g.recv_type("renamed")
+    assert renamed["username"] == "Ada Lovelace" and renamed["old"].startswith("guest-")
+    presence = await g.recv_type("presence")
+    assert [(u["username"], u["tabs"]) for u in presence["users"] if u["author_id"] == renamed["author_id"]] == [
+        ("Ada Lovelace", 2)
+    ]
+    await asyncio.sleep(0.2)
+    await g.quiet()  # drained: exactly one renamed frame reached the lobby
+    rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
+    assert rows == ["Ada Lovelace"]
+    # Messages carry the new name.
+    await a2.send({"type": "chat", "text": "hello"})
+    assert (await g.recv_type("chat"))["username"] == "Ada Lovelace"
+    for tab in (a1, a2, a3, g):
+        await tab.close()
+
+
+async def test_renamed_is_sent_once_per_room():
+    ada, grace = await new_browser(), await new_browser()
+    a1, a2, g = await open_tab(ada), await open_tab(ada), await open_tab(grace)
+    for tab in (a1, a2, g):
+        await tab.quiet()
+    await a1.send({"type": "rename", "username": "Ada"})
+    frames = []
+    while not await g.comm.receive_nothing(timeout=0.5):
+        frames.append(json.loads(await g.comm.receive_from()))
+    assert [f["type"] for f in frames].count("renamed") == 1
+    for tab in (a1, a2, g):
+        await tab.close()
+
+
+async def test_name_survives_a_new_connection():
+    key = await new_browser()
+    tab = await open_tab(key)
+    await tab.send({"type": "rename", "username": "Grace"})
+    await tab.recv_type("identity")
+    await tab.close()
+    again = Tab(key)
+    assert (await again.open())["username"] == "Grace"
+    await again.close()
+
+
+# --- presence ------------------------------------------------------------------------
+
+
+async def test_presence_counts_people_and_tabs():
+    ada, grace = await new_browser(), await new_browser()
+    a1 = await open_tab(ada)
+    a2 = await open_tab(ada)
+    g = Tab(grace)
+    await g.open()
+    presence = await g.recv_type("presence")
+    tabs = {u["author_id"]: u["tabs"] for u in presence["users"]}
+    assert sorted(tabs.values()) == [1, 2]
+    await a2.close()
+    presence = await g.recv_type("presence")
+    assert sorted(u["tabs"] for u in presence["users"]) == [1, 1]
+    await a1.close()
+    presence = await g.recv_type("presence")
+    assert [u["tabs"] for u in presence["users"]] == [1]
+    await g.close()
+
+
+# --- rate limit ------------------------------------------------------------------------
+
+
+async def test_rate_limit_is_per_identity_across_tabs(settings):
+    settings.CHAT_RATE_BURST = 4
+    settings.CHAT_RATE_PER_SECOND = 0.5
+    ada, grace = await new_browser(), await new_browser()
+    a1, a2, g = await open_tab(ada), await open_tab(ada), await open_tab(grace)
+    for n in range(4):
+        await (a1 if n % 2 else a2).send({"type": "chat", "text": f"m{n}", "client_id": f"c{n}"})
+        await a1.recv_type("chat")
+    for tab in (a2, g):
+        await tab.quiet()
+    await a2.send({"type": "chat", "text": "too much", "client_id": "c4"})
+    error = await a2.recv_type("error")
+    assert error["code"] == "rate_limited" and error["client_id"] == "c4"
+    assert 0 < error["retry_after"] <= 2
+    # Another identity is not affected.
+    await g.send({"type": "chat", "text": "still fine"})
+    assert (await g.recv_type("chat"))["text"] == "still fine"
+    stored = await database_sync_to_async(lambda: sorted(Message.objects.values_list("text", flat=True)))()
+    assert stored == ["m0", "m1", "m2", "m3", "still fine"]
+    for tab in (a1, a2, g):
+        await tab.close()
+
+
+# --- changes made by staff ------------------------------------------------------------
+
+
+async def test_staff_rename_and_delete_reach_open_tabs_live():
+    session = await database_sync_to_async(make_session)()
+    session_id = uuid.UUID(session["session_id"])
+    tab = await open_tab(session.session_key)
+
+    # What the admin's save and delete call, from a sync thread as the admin does.
+    await database_sync_to_async(services.rename_visitor)(session_id=session_id, username="Renamed by staff", previous="x")
+    assert await tab.recv_type("identity") == {"type": "identity", "username": "Renamed by staff"}
+
+    await database_sync_to_async(services.delete_visitor_settings)(session_ids=[session_id])
+    assert await tab.recv_type("identity") == {
+        "type": "identity", "username": guest_name_for(author_id_for(session_id)),
+    }
+    await tab.close()
+
+
+# --- query counts ---------------------------------------------------------------------
+
+
+async def test_query_counts_per_operation(all_queries):
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "chat", "text": "warm up"})  # creates the room row
+    await tab.recv_type("chat")
+    await tab.close()
+
+    all_queries.clear()
+    tab = Tab(await new_browser())
+    all_queries.clear()
+    await tab.open()
+    await tab.recv_type("presence")
+    # session, settings lookup, newest message id
+    assert all_queries.count == 3, all_queries.statements
+
+    all_queries.clear()
+    await tab.send({"type": "chat", "text": "hi"})
+    await tab.recv_type("chat")
+    assert all_queries.count == 2, all_queries.statements  # room lock, insert
+
+    all_queries.clear()
+    await tab.send({"type": "rename", "username": "Ada"})
+    await tab.recv_type("identity")
+    assert all_queries.count == 1, all_queries.statements  # one upsert
+
+    all_queries.clear()
+    await tab.send({"type": "history", "before": 10**9})
+    await tab.recv_type("history")
+    assert all_queries.count == 1, all_queries.statements
+
+    all_queries.clear()
+    await tab.send({"type": "resume", "after": 0})
+    await tab.recv_type("history")
+    assert all_queries.count == 1, all_queries.statements
+    await tab.close()
