@@ -37,8 +37,6 @@ class SessionIdMiddleware:
         response = self.get_response(request)
         if known is not None and get_session_id(request.session) is None:
             request.session[SESSION_ID_KEY] = str(known)
-        if request.is_secure() and settings.SESSION_COOKIE_NAME in response.cookies:
-            response.cookies[settings.SESSION_COOKIE_NAME]["secure"] = True
         return response
 
     def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *args: Any) -> None:
@@ -48,3 +46,21 @@ class SessionIdMiddleware:
         today = date.today().isoformat()
         if request.session.get(REFRESHED_ON_KEY) != today:
             request.session[REFRESHED_ON_KEY] = today
+
+
+class SecureSessionCookieMiddleware:
+    """Mark the session cookie ``Secure`` on responses to HTTPS requests.
+
+    Sits before Django's ``SessionMiddleware``, which sets the cookie on the
+    way out. ``SESSION_COOKIE_SECURE`` would force it for plain HTTP too,
+    where the browser would then never send it back.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.is_secure() and settings.SESSION_COOKIE_NAME in response.cookies:
+            response.cookies[settings.SESSION_COOKIE_NAME]["secure"] = True
+        return response

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chat.middleware.SecureSessionCookieMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "chat.middleware.SessionIdMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -115,7 +116,7 @@ SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_DAYS", default=400) * 24 * 3600
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 # Secure is added per response when the request came over HTTPS
-# (chat.middleware.SessionIdMiddleware); this forces it everywhere.
+# (chat.middleware.SecureSessionCookieMiddleware); this forces it everywhere.
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 

@@ -1,0 +1,90 @@
+"""The admin: staff only, and every change goes through the chat's services."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from chat import services
+from chat.identity import Identity
+from chat.models import Message, VisitorSettings
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(client):
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.login(username="admin", password="pw")
+    return client
+
+
+@pytest.fixture
+def row() -> VisitorSettings:
+    sid = uuid.uuid4()
+    services.rename_visitor(session_id=sid, username="Ada", previous="g")
+    return VisitorSettings.objects.get(session_id=sid)
+
+
+@pytest.mark.parametrize("url", ["/admin/", "/admin/chat/visitorsettings/", "/admin/chat/message/"])
+def test_admin_requires_staff(client, url):
+    assert client.get(url).status_code == 302
+    User.objects.create_user("visitor", password="pw")
+    client.login(username="visitor", password="pw")
+    assert client.get(url).status_code == 302
+
+
+def test_search_by_name_and_session_id(staff_client, row):
+    assert "Ada" in staff_client.get("/admin/chat/visitorsettings/?q=ada").content.decode()
+    assert "Ada" in staff_client.get(f"/admin/chat/visitorsettings/?q={row.session_id}").content.decode()
+    assert "Ada" not in staff_client.get("/admin/chat/visitorsettings/?q=nobody").content.decode()
+
+
+def test_edit_name_normalizes_and_saves(staff_client, row):
+    response = staff_client.post(
+        f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": "  Ada   King  "}
+    )
+    assert response.status_code == 302
+    assert VisitorSettings.objects.get(pk=row.pk).username == "Ada King"
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 33, "evil\u202eeman"])
+def test_invalid_name_is_refused_and_nothing_changes(staff_client, row, bad):
+    response = staff_client.post(f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": bad})
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    assert VisitorSettings.objects.get(pk=row.pk).username == "Ada"
+
+
+def test_stale_filter_and_purge_action(staff_client, row):
+    VisitorSettings.objects.create(
+        session_id=uuid.uuid4(), username="Old", read_at=timezone.now() - timedelta(days=150)
+    )
+    stale = staff_client.get("/admin/chat/visitorsettings/?stale=yes").content.decode()
+    assert "Old" in stale and ">Ada<" not in stale
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/",
+        {"action": "purge_stale", "_selected_action": [row.pk]},
+    )
+    assert response.status_code == 302
+    assert list(VisitorSettings.objects.values_list("username", flat=True)) == ["Ada"]
+
+
+def test_delete_settings(staff_client, row):
+    response = staff_client.post(f"/admin/chat/visitorsettings/{row.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not VisitorSettings.objects.exists()
+
+
+def test_messages_search_and_delete(staff_client):
+    poster = Identity(uuid.uuid4(), "a1", "Ada", False)
+    keep = services.post_message(identity=poster, room="lobby", text="keep me", client_id=None).message
+    drop = services.post_message(identity=poster, room="other", text="drop me", client_id=None).message
+    listing = staff_client.get("/admin/chat/message/?q=drop").content.decode()
+    assert "drop me" in listing and "keep me" not in listing
+    assert "keep me" not in staff_client.get("/admin/chat/message/?q=other").content.decode()
+    # Messages are read-only: there is no add form.
+    assert staff_client.get("/admin/chat/message/add/").status_code == 403
+    staff_client.post("/admin/chat/message/", {"action": "delete_selected", "_selected_action": [drop.pk], "post": "yes"})
+    assert list(Message.objects.values_list("pk", flat=True)) == [keep.pk]

@@ -1,0 +1,121 @@
+"""HTTP: redirects, the room page's first render, cookies, sessions, health."""
+
+import json
+import uuid
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from chat import services
+from chat.identity import Identity, author_id_for, guest_name_for
+from chat.models import VisitorSettings
+
+pytestmark = pytest.mark.django_db
+
+
+def session_id_of(client: Client) -> uuid.UUID:
+    return uuid.UUID(client.session["session_id"])
+
+
+def test_root_redirects_to_the_lobby(client):
+    response = client.get("/")
+    assert (response.status_code, response["Location"]) == (302, "/chat/lobby/")
+
+
+@pytest.mark.parametrize("room", ["lobby", "a", "Room_2-b", "x" * 50])
+def test_room_pages_exist(client, room):
+    assert client.get(f"/chat/{room}/").status_code == 200
+
+
+@pytest.mark.parametrize("room", ["x" * 51, "a%20b", "caf%C3%A9", "a.b", "%3Cscript%3E"])
+def test_bad_room_names_are_404(client, room):
+    assert client.get(f"/chat/{room}/").status_code == 404
+
+
+def test_first_view_sets_a_long_lived_httponly_lax_cookie(client):
+    response = client.get("/chat/lobby/")
+    cookie = response.cookies["sessionid"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert int(cookie["max-age"]) == 400 * 24 * 3600
+    assert not cookie["secure"]
+    assert session_id_of(client)
+
+
+def test_cookie_is_secure_over_https(client):
+    response = client.get("/chat/lobby/", secure=True)
+    assert response.cookies["sessionid"]["secure"]
+
+
+def test_session_id_is_stable_across_views_and_refreshed_daily(client):
+    client.get("/chat/lobby/")
+    first = session_id_of(client)
+    response = client.get("/chat/other/")
+    assert session_id_of(client) == first
+    assert "sessionid" not in response.cookies  # nothing changed: no write, no new cookie
+    session = client.session
+    session["refreshed_on"] = "2000-01-01"
+    session.save()
+    response = client.get("/chat/lobby/")
+    assert int(response.cookies["sessionid"]["max-age"]) == 400 * 24 * 3600  # re-sent, fresh expiry
+    assert session_id_of(client) == first
+
+
+def test_session_id_survives_login_key_rotation_and_logout(client):
+    client.get("/chat/lobby/")
+    first = session_id_of(client)
+    key_before = client.session.session_key
+    User.objects.create_user("staff", password="pw", is_staff=True)
+    assert client.login(username="staff", password="pw")
+    client.get("/chat/lobby/")
+    assert client.session.session_key != key_before
+    assert session_id_of(client) == first
+    client.post("/admin/logout/")
+    assert session_id_of(client) == first
+
+
+def test_first_render_holds_the_name_and_newest_50_oldest_first(client):
+    client.get("/chat/lobby/")
+    sid = session_id_of(client)
+    services.rename_visitor(session_id=sid, username="Ada <Lovelace>", previous="g")
+    poster = Identity(uuid.uuid4(), "poster", "Grace", False)
+    ids = [services.post_message(identity=poster, room="lobby", text=f"message {n} <i>x</i>", client_id=None).message.pk
+           for n in range(60)]
+    html = client.get("/chat/lobby/").content.decode()
+    assert 'data-testid="username-input" id="username" value="Ada &lt;Lovelace&gt;"' in html
+    shown = [int(part.split('"')[0]) for part in html.split('data-message-id="')[1:]]
+    assert shown == ids[-50:]
+    assert "message 10 &lt;i&gt;x&lt;/i&gt;" in html and "<i>x</i>" not in html
+    assert "message 9 " not in html
+
+
+def test_guest_sees_the_stable_guest_name(client):
+    client.get("/chat/lobby/")
+    guest = guest_name_for(author_id_for(session_id_of(client)))
+    for _ in range(2):
+        assert f'value="{guest}"' in client.get("/chat/lobby/").content.decode()
+    assert not VisitorSettings.objects.exists()
+
+
+def test_page_never_exposes_the_session_key_or_session_id(client):
+    client.get("/chat/lobby/")
+    html = client.get("/chat/lobby/").content.decode()
+    assert client.session.session_key not in html
+    assert str(session_id_of(client)) not in html
+
+
+def test_healthz_ok_without_creating_a_session(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+    assert "sessionid" not in response.cookies
+
+
+def test_healthz_reports_a_broken_channel_layer(client, settings):
+    # A real Redis layer pointed at a port where nothing listens.
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert json.loads(response.content) == {"status": "error", "database": "ok", "channel_layer": "error"}
