@@ -10,6 +10,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -86,11 +87,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.heartbeat.cancel()
         logger.info("disconnected room=%s author=%s code=%s", self.room, self.identity.author_id, code)
         try:
+            # Leave the groups first: daphne gives a closed socket's consumer
+            # only --application-close-timeout (10 s) to finish, and a stale
+            # group member costs every later broadcast until it expires.
+            await self.channel_layer.group_discard(events.room_group(self.room), self.channel_name)
+            await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
             snapshot = await self.presence.leave(room=self.room, conn=self.channel_name)
             if snapshot is not None:
                 await self.publish_presence(snapshot)
-            await self.channel_layer.group_discard(events.room_group(self.room), self.channel_name)
-            await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
         except UNAVAILABLE as exc:
             # Presence entries and group memberships expire on their own.
             logger.warning("disconnect cleanup failed room=%s: %s", self.room, exc.__class__.__name__)
@@ -227,6 +231,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
 
     # --- Helpers ------------------------------------------------------------------
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        """Send a frame; a socket that closed meanwhile is not an error.
+
+        Events queued before daphne reports the disconnect still try to send.
+        daphne then raises ``Disconnected``, which would kill the consumer
+        before ``disconnect`` runs and leave it in its groups and presence.
+        """
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:
+            pass
 
     def tab(self) -> Tab:
         assert self.identity is not None

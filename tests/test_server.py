@@ -1,0 +1,250 @@
+"""End to end: real daphne processes (``python -m chatsite.server``), real sockets.
+
+These check what only the server shows: close codes for oversize, invalid
+UTF-8 and binary frames, the 403 for a foreign origin, and, with Redis, a
+room idle past redis-py's old 5 s read timeout, hundreds of sockets closing
+at once, and two processes serving one room.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+import pytest
+import redis
+import websockets
+from django.conf import settings
+from django.db import connection
+
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One daphne process on a free port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
+             "--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384",
+             "chatsite.asgi:application"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("daphne did not come up: " + self.process.stderr.read().decode()[-2000:])
+
+    def browser(self, room: str = "lobby") -> str:
+        """Load a room page like a browser; return its session cookie."""
+        with urllib.request.urlopen(f"{self.base}/chat/{room}/", timeout=5) as response:
+            cookie = SimpleCookie(response.headers["Set-Cookie"])
+        return cookie["sessionid"].value
+
+    def ws(self, session: str | None, room: str = "lobby", origin: str | None = None):
+        headers = {"Cookie": f"sessionid={session}"} if session else {}
+        return websockets.connect(
+            f"ws://127.0.0.1:{self.port}/ws/chat/{room}/",
+            origin=origin or self.base,
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=10,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture
+def server_env(tmp_path) -> dict[str, str]:
+    """Environment for server processes sharing this test's database and Redis space."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{tmp_path / 'e2e.sqlite3'}"
+    else:
+        database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    run = uuid.uuid4().hex[:10]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DEBUG": "1",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "CHANNEL_LAYER_PREFIX": f"asgi-e2e-{run}",
+        "CHAT_REDIS_PREFIX": f"chat-e2e-{run}",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    if database_url.startswith("sqlite"):
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    return env
+
+
+@pytest.fixture
+def server(server_env) -> Iterator[Server]:
+    started = Server(server_env)
+    yield started
+    started.stop()
+
+
+async def recv(ws, kind: str, timeout: float = 5) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
+        if frame["type"] == kind:
+            return frame
+
+
+async def closed_with(ws) -> int:
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        for _ in range(10):
+            await asyncio.wait_for(ws.recv(), 5)
+    return info.value.rcvd.code if info.value.rcvd else 1006
+
+
+async def test_oversize_frame_closes_with_1009(server):
+    async with server.ws(server.browser()) as ws:
+        await recv(ws, "welcome")
+        await ws.send(json.dumps({"type": "chat", "text": "x" * 17000}))
+        assert await closed_with(ws) == 1009
+
+
+async def test_invalid_utf8_closes_with_1007(server):
+    async with server.ws(server.browser()) as ws:
+        await recv(ws, "welcome")
+        await ws.send(b'{"type":"chat","text":"\xff\xfe"}', text=True)
+        assert await closed_with(ws) == 1007
+
+
+async def test_binary_frame_closes_with_4003(server):
+    async with server.ws(server.browser()) as ws:
+        await recv(ws, "welcome")
+        await ws.send(b"\x00binary")
+        assert await closed_with(ws) == 4003
+
+
+async def test_no_cookie_closes_with_4401(server):
+    async with server.ws(None) as ws:
+        assert await closed_with(ws) == 4401
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"])
+async def test_foreign_origin_gets_403(server, origin):
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with server.ws(server.browser(), origin=origin):
+            pass
+    assert info.value.response.status_code == 403
+
+
+async def test_a_frame_just_under_the_limit_is_answered(server):
+    async with server.ws(server.browser()) as ws:
+        await recv(ws, "welcome")
+        await ws.send(json.dumps({"type": "chat", "text": "x" * 2001, "pad": "p" * 12000}))
+        assert (await recv(ws, "error"))["code"] == "text_too_long"
+
+
+@pytest.mark.redis
+async def test_room_idle_longer_than_5_seconds_still_delivers(server):
+    # redis-py 8 cut channels-redis's 5 s blocking read with its own 5 s
+    # socket timeout, killing consumers in a quiet room.
+    async with server.ws(server.browser()) as listener, server.ws(server.browser()) as talker:
+        await recv(listener, "welcome")
+        await recv(talker, "welcome")
+        await asyncio.sleep(7)
+        await talker.send(json.dumps({"type": "chat", "text": "after the quiet"}))
+        assert (await recv(listener, "chat"))["text"] == "after the quiet"
+
+
+@pytest.mark.redis
+async def test_hundreds_of_sockets_closing_at_once_leave_no_group_members(server, server_env):
+    # redis-py 8's 100-connection pool cap failed these group removals.
+    room = "crowd"
+    session = server.browser(room)
+    sockets = []
+    for _ in range(300):
+        ws = await server.ws(session, room=room)
+        sockets.append(ws)
+    await asyncio.gather(*(recv(ws, "welcome", timeout=30) for ws in sockets))
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    group_key = f"{server_env['CHANNEL_LAYER_PREFIX']}:group:chat.room.{room}"
+    assert client.zcard(group_key) == 300
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    deadline = time.monotonic() + 20
+    while client.zcard(group_key) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert client.zcard(group_key) == 0
+    assert client.hlen(f"{server_env['CHAT_REDIS_PREFIX']}:presence:{room}:tabs") == 0
+
+
+@pytest.mark.redis
+async def test_two_processes_serve_one_room(server_env):
+    server_env = {**server_env, "CHAT_RATE_PER_SECOND": "0.001"}
+    one, two = Server(server_env), Server(server_env)
+    try:
+        ada, grace = one.browser(), two.browser()
+        async with one.ws(ada) as a, two.ws(grace) as g, two.ws(ada) as a_on_two:
+            for ws in (a, g, a_on_two):
+                await recv(ws, "welcome")
+            # Presence: two people, Ada with a tab on each process.
+            deadline = time.monotonic() + 5
+            while True:
+                users = (await recv(g, "presence"))["users"]
+                if sorted(u["tabs"] for u in users) == [1, 2] or time.monotonic() > deadline:
+                    break
+            assert sorted(u["tabs"] for u in users) == [1, 2]
+            # Chat both ways.
+            await a.send(json.dumps({"type": "chat", "text": "from one"}))
+            assert (await recv(g, "chat"))["text"] == "from one"
+            assert (await recv(a, "chat"))["text"] == "from one"  # the sender's echo
+            await g.send(json.dumps({"type": "chat", "text": "from two"}))
+            assert (await recv(a, "chat"))["text"] == "from two"
+            # A rename on one process reaches Ada's tab on the other.
+            await a.send(json.dumps({"type": "rename", "username": "Ada"}))
+            assert (await recv(a_on_two, "identity"))["username"] == "Ada"
+            # The rate limit is one bucket for both processes: after "from one",
+            # 9 of the burst of 10 are left (refill is slowed to ~0 here).
+            for n in range(12):
+                await (a if n % 2 else a_on_two).send(json.dumps({"type": "chat", "text": f"n{n}", "client_id": f"x{n}"}))
+            frames = await drain(a) + await drain(a_on_two)
+            limited = {f["client_id"] for f in frames if f["type"] == "error" and f["code"] == "rate_limited"}
+            stored = {f["client_id"] for f in frames if f["type"] == "chat" and f["client_id"]}
+            assert len(limited) == 3 and len(stored) == 9 and not limited & stored
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def drain(ws, quiet: float = 1.5) -> list[dict]:
+    """Every frame until the socket has been quiet for ``quiet`` seconds."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
+    except asyncio.TimeoutError:
+        return frames
