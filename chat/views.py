@@ -65,7 +65,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             await asyncio.wait_for(check, HEALTH_TIMEOUT)
             report[name] = "ok"
         except Exception as exc:  # any failure of the part is the answer
-            logger.warning("healthz: %s failed: %s", name, exc.__class__.__name__)
+            logger.warning("healthz: %s failed: %s: %s", name, exc.__class__.__name__, exc)
             report[name] = "error"
     healthy = all(value == "ok" for value in report.values())
     return JsonResponse({"status": "ok" if healthy else "error", **report}, status=200 if healthy else 503)

@@ -39,14 +39,16 @@ def free_port() -> int:
 class Server:
     """One daphne process on a free port."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
+        # A file, not a pipe: an unread pipe fills up and blocks the server.
+        self.log = log.open("wb")
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
              "--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384",
              "chatsite.asgi:application"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -57,7 +59,7 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError("daphne did not come up: " + self.process.stderr.read().decode()[-2000:])
+        raise RuntimeError("daphne did not come up: " + log.read_text(errors="replace")[-2000:])
 
     def browser(self, room: str = "lobby") -> str:
         """Load a room page like a browser; return its session cookie."""
@@ -81,6 +83,7 @@ class Server:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 @pytest.fixture
@@ -107,8 +110,8 @@ def server_env(tmp_path) -> dict[str, str]:
 
 
 @pytest.fixture
-def server(server_env) -> Iterator[Server]:
-    started = Server(server_env)
+def server(server_env, tmp_path) -> Iterator[Server]:
+    started = Server(server_env, tmp_path / "daphne.log")
     yield started
     started.stop()
 
@@ -203,9 +206,9 @@ async def test_hundreds_of_sockets_closing_at_once_leave_no_group_members(server
 
 
 @pytest.mark.redis
-async def test_two_processes_serve_one_room(server_env):
+async def test_two_processes_serve_one_room(server_env, tmp_path):
     server_env = {**server_env, "CHAT_RATE_PER_SECOND": "0.001"}
-    one, two = Server(server_env), Server(server_env)
+    one, two = Server(server_env, tmp_path / "one.log"), Server(server_env, tmp_path / "two.log")
     try:
         ada, grace = one.browser(), two.browser()
         async with one.ws(ada) as a, two.ws(grace) as g, two.ws(ada) as a_on_two:

@@ -104,6 +104,9 @@ def test_page_never_exposes_the_session_key_or_session_id(client):
     assert str(session_id_of(client)) not in html
 
 
+# healthz checks the database from the database thread, which in a plain
+# django_db test would close the test's own transaction: these commit.
+@pytest.mark.django_db(transaction=True)
 def test_healthz_ok_without_creating_a_session(client):
     response = client.get("/healthz")
     assert response.status_code == 200
@@ -111,6 +114,7 @@ def test_healthz_ok_without_creating_a_session(client):
     assert "sessionid" not in response.cookies
 
 
+@pytest.mark.django_db(transaction=True)
 def test_healthz_reports_a_broken_channel_layer(client, settings):
     # A real Redis layer pointed at a port where nothing listens.
     settings.CHANNEL_LAYERS = {
