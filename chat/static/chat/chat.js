@@ -106,7 +106,7 @@ const render = {
     state.attempt = 0;
     state.authorId = frame.author_id;
     setStatus("connected");
-    applyName(frame.username);
+    applyName(frame.username, { saved: false });
     if (frame.last_id !== null && frame.last_id > state.lastId) request("resume", { after: state.lastId });
     for (const [clientId, text] of state.pending) send({ type: "chat", text, client_id: clientId });
     if (state.wantedName !== null && state.wantedName !== state.username) sendName();
@@ -279,13 +279,13 @@ els.input.addEventListener("keydown", (event) => {
 
 // --- The name -------------------------------------------------------------------
 
-function applyName(username) {
+function applyName(username, { saved = true } = {}) {
   state.username = username;
   // A name the visitor typed and the server has not confirmed yet wins.
   if (state.wantedName !== null && state.wantedName !== username) return;
   state.wantedName = null;
   els.name.value = username;
-  els.nameState.textContent = "saved";
+  els.nameState.textContent = saved ? "saved" : "";
   els.nameState.className = "name-state ok";
 }
 
