@@ -6,7 +6,6 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from chat import services, validators
 from chat.identity import author_id_for, guest_name_for
