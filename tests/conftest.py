@@ -1,14 +1,16 @@
 """Shared fixtures: real services when configured, clean state for every test.
 
 Tests marked ``postgres`` or ``redis`` need the real server (``DATABASE_URL``
-pointing at PostgreSQL, ``REDIS_URL``). Without it they skip and say why;
-under ``CI=true`` a missing service fails the run instead.
+pointing at PostgreSQL, ``REDIS_URL``); tests marked ``browser`` need Debian's
+Chromium. Without it they skip and say why; under ``CI=true`` a missing
+service fails the run instead.
 """
 
 import copy
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from channels.layers import get_channel_layer
@@ -19,8 +21,10 @@ from django.test.utils import CaptureQueriesContext
 
 from chat import presence, ratelimit
 from chat.identity import ensure_session_id
+from tests.servers import Server, server_environment
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def _missing_service(item: pytest.Item) -> str | None:
@@ -30,6 +34,8 @@ def _missing_service(item: pytest.Item) -> str | None:
         return "needs PostgreSQL: set DATABASE_URL=postgres://… to run it"
     if item.get_closest_marker("redis") and not settings.REDIS_URL:
         return "needs Redis: set REDIS_URL=redis://… to run it"
+    if item.get_closest_marker("browser") and not Path(CHROMIUM).is_file():
+        return f"needs Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM=/path)"
     return None
 
 
@@ -143,3 +149,17 @@ def django_db_modify_db_settings() -> None:
     """Close connections after each use, so the consumer's database thread
     holds none open when the test database is dropped."""
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture
+def server_env(tmp_path) -> dict[str, str]:
+    """Environment for real server processes sharing this test's database and Redis space."""
+    return server_environment(tmp_path)
+
+
+@pytest.fixture
+def server(server_env, tmp_path) -> Iterator[Server]:
+    """One real daphne process, stopped after the test."""
+    started = Server(server_env, tmp_path / "daphne.log")
+    yield started
+    started.stop()

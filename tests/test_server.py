@@ -8,112 +8,16 @@ at once, and two processes serving one room.
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from http.cookies import SimpleCookie
-from pathlib import Path
 
 import pytest
 import redis
 import websockets
 from django.conf import settings
-from django.db import connection
+
+from tests.servers import Server
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """One daphne process on a free port."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        # A file, not a pipe: an unread pipe fills up and blocks the server.
-        self.log = log.open("wb")
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
-             "--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384",
-             "chatsite.asgi:application"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("daphne did not come up: " + log.read_text(errors="replace")[-2000:])
-
-    def browser(self, room: str = "lobby") -> str:
-        """Load a room page like a browser; return its session cookie."""
-        with urllib.request.urlopen(f"{self.base}/chat/{room}/", timeout=5) as response:
-            cookie = SimpleCookie(response.headers["Set-Cookie"])
-        return cookie["sessionid"].value
-
-    def ws(self, session: str | None, room: str = "lobby", origin: str | None = None):
-        headers = {"Cookie": f"sessionid={session}"} if session else {}
-        return websockets.connect(
-            f"ws://127.0.0.1:{self.port}/ws/chat/{room}/",
-            origin=origin or self.base,
-            additional_headers=headers,
-            max_size=None,
-            open_timeout=10,
-        )
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
-@pytest.fixture
-def server_env(tmp_path) -> dict[str, str]:
-    """Environment for server processes sharing this test's database and Redis space."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        database_url = f"sqlite:///{tmp_path / 'e2e.sqlite3'}"
-    else:
-        database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    run = uuid.uuid4().hex[:10]
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "DEBUG": "1",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "CHANNEL_LAYER_PREFIX": f"asgi-e2e-{run}",
-        "CHAT_REDIS_PREFIX": f"chat-e2e-{run}",
-        "REDIS_URL": settings.REDIS_URL,
-    }
-    if database_url.startswith("sqlite"):
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    return env
-
-
-@pytest.fixture
-def server(server_env, tmp_path) -> Iterator[Server]:
-    started = Server(server_env, tmp_path / "daphne.log")
-    yield started
-    started.stop()
 
 
 async def recv(ws, kind: str, timeout: float = 5) -> dict:

@@ -306,7 +306,7 @@ els.name.addEventListener("input", () => {
     return;
   }
   state.wantedName = wanted;
-  state.nameTimer = setTimeout(sendName, 500);  // save as the visitor types
+  state.nameTimer = setTimeout(sendName, 300);  // save as the visitor types
 });
 
 els.name.addEventListener("blur", () => {

@@ -1,0 +1,125 @@
+"""Real server processes for the end-to-end and browser tests.
+
+A ``Server`` is started the way a user starts one (``python -m
+chatsite.server``, the daphne CLI that ``make run`` uses) on a free port, and
+waits until ``/healthz`` answers. ``manage()`` runs a management command, or a
+snippet of Django code, against the same database and Redis space as the
+servers of one test.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+import websockets
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+DAPHNE_ARGS = ["--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_environment(tmp_path: Path) -> dict[str, str]:
+    """Environment for server processes sharing one test's database and Redis space.
+
+    On PostgreSQL the servers use the test database itself; on SQLite they get
+    a migrated file of their own (the test's SQLite database is in memory).
+    """
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{tmp_path / 'e2e.sqlite3'}"
+    else:
+        host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
+        database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{host}:{port}/{db['NAME']}"
+    run = uuid.uuid4().hex[:10]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DEBUG": "1",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "CHANNEL_LAYER_PREFIX": f"asgi-e2e-{run}",
+        "CHAT_REDIS_PREFIX": f"chat-e2e-{run}",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    if database_url.startswith("sqlite"):
+        manage(env, "migrate", "-v0")
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run ``manage.py`` with ``args`` in ``env``; return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    if done.returncode:
+        raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+class Server:
+    """One daphne process on a free port (or a given one, to restart in place)."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        # A file, not a pipe: an unread pipe fills up and blocks the server.
+        self.log_path = log
+        self.log = log.open("ab")
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
+             *DAPHNE_ARGS, "chatsite.asgi:application"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("daphne did not come up: " + log.read_text(errors="replace")[-2000:])
+
+    def url(self, room: str = "lobby") -> str:
+        return f"{self.base}/chat/{room}/"
+
+    def browser(self, room: str = "lobby") -> str:
+        """Load a room page like a browser; return its session cookie."""
+        with urllib.request.urlopen(self.url(room), timeout=5) as response:
+            cookie = SimpleCookie(response.headers["Set-Cookie"])
+        return cookie["sessionid"].value
+
+    def ws(self, session: str | None, room: str = "lobby", origin: str | None = None):
+        headers = {"Cookie": f"sessionid={session}"} if session else {}
+        return websockets.connect(
+            f"ws://127.0.0.1:{self.port}/ws/chat/{room}/",
+            origin=origin or self.base,
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=10,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
