@@ -76,6 +76,22 @@ async def test_a_frame_just_under_the_limit_is_answered(server):
         assert (await recv(ws, "error"))["code"] == "text_too_long"
 
 
+async def test_server_frames_over_the_client_limit_go_out_whole(server):
+    # The 16 KiB limit is for client frames; autobahn also applied it to the
+    # server's, so a history page of long messages killed the socket.
+    async with server.ws(server.browser()) as ws:
+        await recv(ws, "welcome")
+        for n in range(10):
+            await ws.send(json.dumps({"type": "chat", "text": f"{n}" * 2000}))
+            await recv(ws, "chat")
+        await ws.send(json.dumps({"type": "history", "limit": 50}))
+        page = await recv(ws, "history")
+        assert [m["text"][0] for m in page["messages"]] == [str(n) for n in range(10)]
+        assert len(json.dumps(page)) > 16384
+        await ws.send(json.dumps({"type": "ping"}))
+        await recv(ws, "pong")
+
+
 @pytest.mark.redis
 async def test_room_idle_longer_than_5_seconds_still_delivers(server):
     # redis-py 8 cut channels-redis's 5 s blocking read with its own 5 s
