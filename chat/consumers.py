@@ -2,7 +2,9 @@
 
 The consumer authenticates from ``scope``, parses each frame with
 ``chat.protocol``, calls one service or selector, and sends or broadcasts the
-result. Channel-layer events carry frames already encoded.
+result. Room broadcasts reach it through its process's ``RoomHub``
+(``chat.fanout``), as frames already encoded; events for one browser (a
+rename) come through the channel layer.
 """
 
 import asyncio
@@ -18,8 +20,9 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from chat import events, protocol, selectors, services
+from chat.fanout import get_hub
 from chat.identity import Identity
-from chat.presence import Snapshot, Tab, get_presence
+from chat.presence import Tab, get_presence
 from chat.ratelimit import get_rate_limiter
 
 logger = logging.getLogger(__name__)
@@ -34,19 +37,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
     """A websocket of one browser tab in one room."""
 
     identity: Identity | None = None
+    # Room broadcasts that arrive before the welcome wait here (None once sent).
+    early: list[str] | None = None
+    presence_version = 0
+    last_presence: str | None = None
+    presence_missed = False
 
     async def connect(self) -> None:
         self.room: str = self.scope["url_route"]["kwargs"]["room"]
         self.presence = get_presence()
         self.rate_limiter = get_rate_limiter()
-        self.presence_version = 0
+        self.hub = get_hub()
         self.heartbeat: asyncio.Task[None] | None = None
         user = self.scope.get("user")
         try:
             identity = await database_sync_to_async(services.resolve_identity)(
                 session=self.scope["session"], verified=bool(user and user.is_authenticated)
             )
-            last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
         except UNAVAILABLE as exc:
             logger.warning("connect refused room=%s: storage unavailable (%s)", self.room, exc.__class__.__name__)
             await self.accept()
@@ -58,9 +65,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_NO_SESSION)
             return
         self.identity = identity
+        self.early = []
         try:
-            await self.channel_layer.group_add(events.room_group(self.room), self.channel_name)
+            # Listen first, then read the newest id: a message committed in
+            # between is then both under `last_id` (so `resume` finds it) or
+            # delivered live (held until the welcome is out), never neither.
+            await self.hub.join(self.room, self)
             await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
+            last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
+            snapshot = await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
             await self.send(
                 text_data=protocol.welcome_frame(
                     room=self.room,
@@ -70,11 +83,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     last_id=last_id,
                 )
             )
-            await self.publish_presence(
-                await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
-            )
+            early, self.early = self.early, None
+            await self.deliver_presence(snapshot.version, protocol.presence_frame(room=self.room, users=snapshot.users))
+            for frame in early:
+                await self.send(text_data=frame)
+            if self.presence_missed:
+                self.hub.presence_changed(self.room)
+            await self.announce_presence()
         except UNAVAILABLE as exc:
-            logger.warning("connect closed room=%s: channel layer unavailable (%s)", self.room, exc.__class__.__name__)
+            logger.warning("connect closed room=%s: storage or channel layer unavailable (%s)",
+                           self.room, exc.__class__.__name__)
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         self.heartbeat = asyncio.create_task(self.keep_present())
@@ -90,11 +108,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Leave the groups first: daphne gives a closed socket's consumer
             # only --application-close-timeout (10 s) to finish, and a stale
             # group member costs every later broadcast until it expires.
-            await self.channel_layer.group_discard(events.room_group(self.room), self.channel_name)
+            await self.hub.leave(self.room, self)
             await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
-            snapshot = await self.presence.leave(room=self.room, conn=self.channel_name)
-            if snapshot is not None:
-                await self.publish_presence(snapshot)
+            if await self.presence.leave(room=self.room, conn=self.channel_name) is not None:
+                await self.announce_presence()
         except UNAVAILABLE as exc:
             # Presence entries and group memberships expire on their own.
             logger.warning("disconnect cleanup failed room=%s: %s", self.room, exc.__class__.__name__)
@@ -187,19 +204,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
 
-    # --- Channel-layer events -------------------------------------------------
+    # --- Room broadcasts (from the hub) and channel-layer events -------------
 
-    async def chat_message(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["frame"])
+    async def deliver(self, frame: str) -> None:
+        """Send a room broadcast to this socket (after the welcome)."""
+        if self.early is not None:
+            self.early.append(frame)
+        else:
+            await self.send(text_data=frame)
 
-    async def chat_renamed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["frame"])
-
-    async def presence_changed(self, event: dict[str, Any]) -> None:
-        # Snapshots can overtake each other on the way; show only newer ones.
-        if event["version"] > self.presence_version:
-            self.presence_version = event["version"]
-            await self.send(text_data=event["frame"])
+    async def deliver_presence(self, version: int, frame: str) -> None:
+        """Send the room's people: only a newer version, and only if they differ from the last shown."""
+        if self.early is not None:
+            self.presence_missed = True  # the welcome goes first; ask again after it
+            return
+        if version <= self.presence_version:
+            return
+        self.presence_version = version
+        if frame != self.last_presence:
+            self.last_presence = frame
+            await self.send(text_data=frame)
 
     async def identity_changed(self, event: dict[str, Any]) -> None:
         """This browser was renamed (by one of its tabs, or by staff)."""
@@ -213,20 +237,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             if not await self.presence.claim(f"rename:{event['change_id']}:{self.room}"):
                 return
-            snapshot = await self.presence.rename(
+            renamed = await self.presence.rename(
                 room=self.room, author_id=self.identity.author_id, username=event["username"]
             )
-            await events.publish(
-                events.room_group(self.room),
-                {
-                    "type": "chat.renamed",
-                    "frame": protocol.renamed_frame(
-                        author_id=self.identity.author_id, old=event["old"], username=event["username"]
-                    ),
-                },
-            )
-            if snapshot is not None:
-                await self.publish_presence(snapshot)
+            frame = protocol.renamed_frame(author_id=self.identity.author_id, old=event["old"], username=event["username"])
+            await events.publish(events.room_group(self.room), events.room_frame(self.room, frame))
+            if renamed is not None:
+                await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
 
@@ -248,24 +265,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         assert self.identity is not None
         return Tab(self.identity.author_id, self.identity.username, self.identity.verified)
 
-    async def publish_presence(self, snapshot: Snapshot) -> None:
-        await events.publish(
-            events.room_group(self.room),
-            {
-                "type": "presence.changed",
-                "version": snapshot.version,
-                "frame": protocol.presence_frame(room=self.room, users=snapshot.users),
-            },
-        )
+    async def announce_presence(self) -> None:
+        """Tell every process serving this room that its people changed."""
+        await events.publish(events.room_group(self.room), events.presence_changed(self.room))
 
     async def keep_present(self) -> None:
         """Refresh this tab's presence entry until the socket closes."""
         while True:
             await asyncio.sleep(settings.CHAT_PRESENCE_TTL / 3)
             try:
-                snapshot = await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab())
-                if snapshot is not None:
-                    await self.publish_presence(snapshot)
+                if await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab()):
+                    await self.announce_presence()
             except UNAVAILABLE as exc:
                 logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
 

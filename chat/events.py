@@ -1,5 +1,8 @@
 """The one place that broadcasts: channel-layer groups and the events sent to them.
 
+Room events go to one channel per server process (``chat.fanout``), which
+passes them on to its sockets in the room; author events go to each tab.
+
 Services call :func:`send_event_on_commit`; the event leaves only once the
 write that caused it has committed. Event payloads carry the frame already
 encoded as JSON text, so a broadcast is encoded once, not once per recipient.
@@ -40,6 +43,16 @@ def room_group(room: str) -> str:
 def author_group(author_id: str) -> str:
     """Return the channel-layer group of every open tab of one browser."""
     return f"chat.author.{author_id}"
+
+
+def room_frame(room: str, frame: str) -> Event:
+    """The event that sends ``frame`` (encoded JSON) to every socket in ``room``."""
+    return {"type": "room.frame", "room": room, "frame": frame}
+
+
+def presence_changed(room: str) -> Event:
+    """The event that tells every process to send ``room``'s presence again."""
+    return {"type": "presence.changed", "room": room}
 
 
 async def publish(group: str, event: Event) -> None:

@@ -74,6 +74,9 @@ class PresenceStore(Protocol):
     async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> Snapshot | None:
         """Keep a tab alive and prune expired ones; a snapshot only if something changed."""
 
+    async def snapshot(self, *, room: str) -> Snapshot:
+        """The room's people now (expired tabs pruned)."""
+
     async def claim(self, key: str) -> bool:
         """Return True for the first caller only (within a minute) of ``key``."""
 
@@ -112,6 +115,9 @@ class LocalPresence:
 
     async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> Snapshot | None:
         return None  # entries die with the process that holds them
+
+    async def snapshot(self, *, room: str) -> Snapshot:
+        return self._snapshot(room)
 
     async def claim(self, key: str) -> bool:
         now = time.monotonic()
@@ -166,6 +172,9 @@ if redis.call('ZADD', expiry, now + ttl, ARGV[2]) == 1 then
   changed = true
 end
 """
+_SNAPSHOT = """
+changed = true
+"""
 _RENAME = """
 local all = redis.call('HGETALL', tabs)
 for i = 1, #all, 2 do
@@ -197,6 +206,7 @@ class RedisPresence:
         self._leave = client.register_script(_PRELUDE + _LEAVE + _POSTLUDE)
         self._heartbeat = client.register_script(_PRELUDE + _HEARTBEAT + _POSTLUDE)
         self._rename = client.register_script(_PRELUDE + _RENAME + _POSTLUDE)
+        self._snapshot = client.register_script(_PRELUDE + _SNAPSHOT + _POSTLUDE)
         self._client = client
 
     @staticmethod
@@ -232,6 +242,11 @@ class RedisPresence:
         return self._result(
             await self._heartbeat(self._keys(room), [self._ttl_ms(), conn, _encode(tab)])
         )
+
+    async def snapshot(self, *, room: str) -> Snapshot:
+        snapshot = self._result(await self._snapshot(self._keys(room), [self._ttl_ms()]))
+        assert snapshot is not None  # the script always answers
+        return snapshot
 
     async def claim(self, key: str) -> bool:
         return bool(await self._client.set(redis_client.key("claim", key), "1", nx=True, px=60_000))

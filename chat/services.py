@@ -145,7 +145,7 @@ def post_message(*, identity: Identity, room: str, text: str, client_id: str | N
                 client_id=client_id,
             )
             events.send_event_on_commit(
-                events.room_group(room), {"type": "chat.message", "frame": protocol.chat_frame(message)}
+                events.room_group(room), events.room_frame(room, protocol.chat_frame(message))
             )
     except IntegrityError:
         if client_id is None:

@@ -135,6 +135,9 @@ CHAT_STALE_SETTINGS_DAYS = env.int("CHAT_STALE_SETTINGS_DAYS", default=100)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=10)
 CHAT_RATE_PER_SECOND = env.float("CHAT_RATE_PER_SECOND", default=1.0)
 CHAT_PRESENCE_TTL = env.float("CHAT_PRESENCE_TTL", default=60.0)
+# Presence changes within this (times 1 + local sockets / 100, at most 2 s)
+# share one presence frame.
+CHAT_PRESENCE_SETTLE = env.float("CHAT_PRESENCE_SETTLE", default=0.1)
 CHAT_REDIS_PREFIX = env.str("CHAT_REDIS_PREFIX", default="chat")
 
 # --- Static files -------------------------------------------------------------

@@ -358,6 +358,20 @@ async def test_presence_counts_people_and_tabs():
     await g.close()
 
 
+async def test_a_crowd_joining_shows_up_in_a_few_presence_frames_not_one_each():
+    watcher = await open_tab(await new_browser())
+    crowd = [await open_tab(await new_browser()) for _ in range(12)]
+    frames = []
+    while not await watcher.comm.receive_nothing(timeout=0.5):
+        frames.append(await watcher.recv())
+    assert {f["type"] for f in frames} == {"presence"}
+    # Changes that come close together share a frame; the last one is complete.
+    assert len(frames) < 12
+    assert len(frames[-1]["users"]) == 13
+    for tab in (watcher, *crowd):
+        await tab.close()
+
+
 # --- rate limit ------------------------------------------------------------------------
 
 
