@@ -72,11 +72,14 @@ class RoomHub:
             if members:
                 return
             del self.rooms[room]
-            if not self.rooms and self._reader is not None:
-                self._reader.cancel()
-                self._reader = None
             assert self._channel is not None
             await self.layer.group_discard(events.room_group(room), self._channel)
+            if not self.rooms and self._reader is not None:
+                # A cancelled receive ends the channel (the pub/sub layer
+                # unsubscribes it): the next join makes a new one.
+                self._reader.cancel()
+                self._reader = None
+                self._channel = None
 
     async def _read(self) -> None:
         assert self._channel is not None

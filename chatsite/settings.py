@@ -95,8 +95,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # REDIS_URL unset: everything stays inside one process.
 REDIS_URL = env.str("REDIS_URL", default="")
 # The core layer (lists per channel, groups as sorted sets) or the pub/sub one;
-# docs/architecture.md has the figures behind the default.
-REDIS_CHANNEL_LAYER = env.str("REDIS_CHANNEL_LAYER", default="core")
+# docs/performance.md has the figures behind the default.
+REDIS_CHANNEL_LAYER = env.str("REDIS_CHANNEL_LAYER", default="pubsub")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {

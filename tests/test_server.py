@@ -116,16 +116,22 @@ async def test_hundreds_of_sockets_closing_at_once_leave_no_group_members(server
     welcomes = await asyncio.gather(*(recv(ws, "welcome", timeout=30) for ws in sockets))
     client = redis.Redis.from_url(settings.REDIS_URL)
     prefix = server_env["CHANNEL_LAYER_PREFIX"]
+    groups = [f"chat.author.{welcomes[0]['author_id']}", f"chat.room.{room}"]
+
+    def members(group: str) -> int:
+        if settings.REDIS_CHANNEL_LAYER == "pubsub":  # one subscription per process
+            return client.pubsub_numsub(f"{prefix}__group__{group}")[0][1]
+        return client.zcard(f"{prefix}:group:{group}")
+
     # Each tab is in its browser's group; the room's group holds one channel
     # per server process (chat.fanout), whatever the number of tabs.
-    author_key = f"{prefix}:group:chat.author.{welcomes[0]['author_id']}"
-    room_key = f"{prefix}:group:chat.room.{room}"
-    assert (client.zcard(author_key), client.zcard(room_key)) == (300, 1)
+    expected = (1, 1) if settings.REDIS_CHANNEL_LAYER == "pubsub" else (300, 1)
+    assert tuple(members(group) for group in groups) == expected
     await asyncio.gather(*(ws.close() for ws in sockets))
     tabs_key = f"{server_env['CHAT_REDIS_PREFIX']}:presence:{room}:tabs"
 
     def left() -> tuple[int, int, int]:
-        return client.zcard(author_key), client.zcard(room_key), client.hlen(tabs_key)
+        return *(members(group) for group in groups), client.hlen(tabs_key)
 
     deadline = time.monotonic() + 20
     while any(left()) and time.monotonic() < deadline:
