@@ -68,8 +68,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.early = []
         try:
             # Listen first, then read the newest id: a message committed in
-            # between is then both under `last_id` (so `resume` finds it) or
-            # delivered live (held until the welcome is out), never neither.
+            # between is then either under `last_id` (so `resume` finds it)
+            # or delivered live (held until the welcome is out), never lost.
             await self.hub.join(self.room, self)
             await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
             last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)

@@ -28,6 +28,7 @@ from chat.presence import get_presence
 
 logger = logging.getLogger(__name__)
 
+
 class Member(Protocol):
     """One socket in a room (a ``ChatConsumer``)."""
 
@@ -105,7 +106,10 @@ class RoomHub:
 
     async def broadcast(self, room: str, frame: str) -> None:
         for member in list(self.rooms.get(room, ())):
-            await member.deliver(frame)
+            try:
+                await member.deliver(frame)
+            except Exception:  # one broken socket must not silence the room
+                logger.exception("delivery failed room=%s", room)
 
     def presence_changed(self, room: str) -> None:
         """Send the room's presence soon; changes until then share one frame."""
@@ -135,7 +139,10 @@ class RoomHub:
             return
         frame = protocol.presence_frame(room=room, users=snapshot.users)
         for member in list(self.rooms.get(room, ())):
-            await member.deliver_presence(snapshot.version, frame)
+            try:
+                await member.deliver_presence(snapshot.version, frame)
+            except Exception:
+                logger.exception("presence delivery failed room=%s", room)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub]" = weakref.WeakKeyDictionary()
