@@ -110,7 +110,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # group member costs every later broadcast until it expires.
             await self.hub.leave(self.room, self)
             await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
-            if await self.presence.leave(room=self.room, conn=self.channel_name) is not None:
+            if await self.presence.leave(room=self.room, conn=self.channel_name):
                 await self.announce_presence()
         except UNAVAILABLE as exc:
             # Presence entries and group memberships expire on their own.
@@ -242,7 +242,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             frame = protocol.renamed_frame(author_id=self.identity.author_id, old=event["old"], username=event["username"])
             await events.publish(events.room_group(self.room), events.room_frame(self.room, frame))
-            if renamed is not None:
+            if renamed:
                 await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)

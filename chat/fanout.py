@@ -121,12 +121,12 @@ class RoomHub:
         task.add_done_callback(self._tasks.discard)
 
     def _settle_delay(self, room: str) -> float:
-        # A bigger room waits longer: its presence frame costs more to send.
-        return settings.CHAT_PRESENCE_SETTLE * (1 + len(self.rooms.get(room, ())) / 100)
+        # A bigger room waits longer (up to 2 s): its presence frame costs more to send.
+        return min(settings.CHAT_PRESENCE_SETTLE * (1 + len(self.rooms.get(room, ())) / 100), 2.0)
 
     async def _send_presence(self, room: str) -> None:
         try:
-            await asyncio.sleep(min(self._settle_delay(room), 2.0))
+            await asyncio.sleep(self._settle_delay(room))
         finally:
             # From here on a change schedules the next frame.
             self._presence_due.discard(room)

@@ -3,8 +3,9 @@
 Each tab's entry expires ``CHAT_PRESENCE_TTL`` seconds after its last
 heartbeat, so a server process that dies leaves no ghosts: the next join,
 leave or heartbeat in that room prunes the expired entries. Every change bumps
-the room's version, so a consumer can drop a snapshot older than one it has
-already sent.
+the room's version, so a socket is never sent a snapshot older than one it
+has. Only ``join`` and ``snapshot`` read the room's list; the other changes
+just say whether anything changed (the room hub then reads it once).
 
 Without ``REDIS_URL`` the store is a dict in this process.
 """
@@ -65,14 +66,14 @@ class PresenceStore(Protocol):
     async def join(self, *, room: str, conn: str, tab: Tab) -> Snapshot:
         """Add a tab to ``room``."""
 
-    async def leave(self, *, room: str, conn: str) -> Snapshot | None:
-        """Remove a tab; None when it was not there (already expired)."""
+    async def leave(self, *, room: str, conn: str) -> bool:
+        """Remove a tab; False when it was not there (already expired)."""
 
-    async def rename(self, *, room: str, author_id: str, username: str) -> Snapshot | None:
-        """Show every tab of ``author_id`` in ``room`` under a new name; None if it has none."""
+    async def rename(self, *, room: str, author_id: str, username: str) -> bool:
+        """Show every tab of ``author_id`` in ``room`` under a new name; False if it has none."""
 
-    async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> Snapshot | None:
-        """Keep a tab alive and prune expired ones; a snapshot only if something changed."""
+    async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> bool:
+        """Keep a tab alive and prune expired ones; True if the room changed."""
 
     async def snapshot(self, *, room: str) -> Snapshot:
         """The room's people now (expired tabs pruned)."""
@@ -97,24 +98,23 @@ class LocalPresence:
         self._rooms.setdefault(room, {})[conn] = tab
         return self._snapshot(room)
 
-    async def leave(self, *, room: str, conn: str) -> Snapshot | None:
+    async def leave(self, *, room: str, conn: str) -> bool:
         tabs = self._rooms.get(room, {})
         if tabs.pop(conn, None) is None:
-            return None
-        snapshot = self._snapshot(room)
+            return False
         if not tabs:
             self._rooms.pop(room, None)
-        return snapshot
+        return True
 
-    async def rename(self, *, room: str, author_id: str, username: str) -> Snapshot | None:
+    async def rename(self, *, room: str, author_id: str, username: str) -> bool:
         tabs = self._rooms.get(room, {})
         mine = [conn for conn, tab in tabs.items() if tab.author_id == author_id]
         for conn in mine:
             tabs[conn] = Tab(author_id, username, tabs[conn].verified)
-        return self._snapshot(room) if mine else None
+        return bool(mine)
 
-    async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> Snapshot | None:
-        return None  # entries die with the process that holds them
+    async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> bool:
+        return False  # entries die with the process that holds them
 
     async def snapshot(self, *, room: str) -> Snapshot:
         return self._snapshot(room)
@@ -129,13 +129,15 @@ class LocalPresence:
 
 
 # Shared by every script below: KEYS = tabs hash, expiry zset, version counter;
-# ARGV[1] = time to live in ms. Prunes expired tabs first.
+# ARGV[1] = time to live in ms. Prunes expired tabs first. A changed room
+# answers {version, tabs} when the script sets with_list, else {version}.
 _PRELUDE = """
 local tabs, expiry, version = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[1])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local changed = false
+local with_list = false
 local dead = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
 for _, conn in ipairs(dead) do
   redis.call('HDEL', tabs, conn)
@@ -152,11 +154,13 @@ if changed then
   -- are lost (a Redis restart) while consumers remember an old version.
   local v = math.max(now * 1000, tonumber(redis.call('GET', version) or '0') + 1)
   redis.call('SET', version, string.format('%d', v), 'PX', ttl * 2)
-  return {v, redis.call('HVALS', tabs)}
+  if with_list then return {v, redis.call('HVALS', tabs)} end
+  return {v}
 end
 return false
 """
 _JOIN = """
+with_list = true
 redis.call('HSET', tabs, ARGV[2], ARGV[3])
 redis.call('ZADD', expiry, now + ttl, ARGV[2])
 changed = true
@@ -174,6 +178,7 @@ end
 """
 _SNAPSHOT = """
 changed = true
+with_list = true
 """
 _RENAME = """
 local all = redis.call('HGETALL', tabs)
@@ -218,35 +223,24 @@ class RedisPresence:
         return int(settings.CHAT_PRESENCE_TTL * 1000)
 
     @staticmethod
-    def _result(reply: list | None) -> Snapshot | None:
-        if not reply:
-            return None
-        version, raw_tabs = reply
+    def _snapshot_of(reply: list) -> Snapshot:
+        version, raw_tabs = reply  # join and snapshot always change the room
         return Snapshot(int(version), aggregate(_decode(raw) for raw in raw_tabs))
 
     async def join(self, *, room: str, conn: str, tab: Tab) -> Snapshot:
-        reply = await self._join(self._keys(room), [self._ttl_ms(), conn, _encode(tab)])
-        snapshot = self._result(reply)
-        assert snapshot is not None  # a join always changes the room
-        return snapshot
+        return self._snapshot_of(await self._join(self._keys(room), [self._ttl_ms(), conn, _encode(tab)]))
 
-    async def leave(self, *, room: str, conn: str) -> Snapshot | None:
-        return self._result(await self._leave(self._keys(room), [self._ttl_ms(), conn]))
+    async def leave(self, *, room: str, conn: str) -> bool:
+        return bool(await self._leave(self._keys(room), [self._ttl_ms(), conn]))
 
-    async def rename(self, *, room: str, author_id: str, username: str) -> Snapshot | None:
-        return self._result(
-            await self._rename(self._keys(room), [self._ttl_ms(), author_id, username])
-        )
+    async def rename(self, *, room: str, author_id: str, username: str) -> bool:
+        return bool(await self._rename(self._keys(room), [self._ttl_ms(), author_id, username]))
 
-    async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> Snapshot | None:
-        return self._result(
-            await self._heartbeat(self._keys(room), [self._ttl_ms(), conn, _encode(tab)])
-        )
+    async def heartbeat(self, *, room: str, conn: str, tab: Tab) -> bool:
+        return bool(await self._heartbeat(self._keys(room), [self._ttl_ms(), conn, _encode(tab)]))
 
     async def snapshot(self, *, room: str) -> Snapshot:
-        snapshot = self._result(await self._snapshot(self._keys(room), [self._ttl_ms()]))
-        assert snapshot is not None  # the script always answers
-        return snapshot
+        return self._snapshot_of(await self._snapshot(self._keys(room), [self._ttl_ms()]))
 
     async def claim(self, key: str) -> bool:
         return bool(await self._client.set(redis_client.key("claim", key), "1", nx=True, px=60_000))
