@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def manage(env: dict[str, str], *args: str) -> str:
 class Server:
     """One daphne process on a free port (or a given one, to restart in place)."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None, args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         # A file, not a pipe: an unread pipe fills up and blocks the server.
         self.log_path = log
@@ -79,7 +80,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
-             *DAPHNE_ARGS, "chatsite.asgi:application"],
+             *DAPHNE_ARGS, *args, "chatsite.asgi:application"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -104,8 +105,9 @@ class Server:
             cookie = SimpleCookie(response.headers["Set-Cookie"])
         return cookie["sessionid"].value
 
-    def ws(self, session: str | None, room: str = "lobby", origin: str | None = None):
-        headers = {"Cookie": f"sessionid={session}"} if session else {}
+    def ws(self, session: str | None, room: str = "lobby", origin: str | None = None,
+           headers: dict[str, str] | None = None):
+        headers = {**(headers or {}), **({"Cookie": f"sessionid={session}"} if session else {})}
         return websockets.connect(
             f"ws://127.0.0.1:{self.port}/ws/chat/{room}/",
             origin=origin or self.base,

@@ -69,6 +69,45 @@ async def test_foreign_origin_gets_403(server, origin):
     assert info.value.response.status_code == 403
 
 
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:{other_port}",  # another port of our host
+        "https://127.0.0.1:{port}",  # another scheme (the socket is plain ws://)
+        "http://localhost:{port}",  # another allowed host is another origin
+    ],
+)
+async def test_another_origin_of_our_own_host_gets_403_and_is_logged(server, origin):
+    origin = origin.format(port=server.port, other_port=server.port + 1)
+    session = server.browser()
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with server.ws(session, origin=origin):
+            pass
+    assert info.value.response.status_code == 403
+    deadline = time.monotonic() + 5
+    while f"origin=['{origin}']" not in (log := server.log_path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, log[-2000:]
+        await asyncio.sleep(0.1)
+    assert session not in log  # the refusal names the Origin, never the cookie
+
+
+async def test_origin_behind_a_tls_proxy_is_the_https_page(server_env, tmp_path):
+    # daphne --proxy-headers behind a proxy that ends TLS: the page is
+    # https://…, the socket reaches daphne as ws:// with X-Forwarded-Proto.
+    server = Server({**server_env, "BEHIND_PROXY": "1"}, tmp_path / "proxied.log", args=["--proxy-headers"])
+    try:
+        forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        page = f"https://127.0.0.1:{server.port}"
+        async with server.ws(server.browser(), origin=page, headers=forwarded) as ws:
+            await recv(ws, "welcome")
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with server.ws(server.browser(), origin=server.base, headers=forwarded):
+                pass
+        assert info.value.response.status_code == 403
+    finally:
+        server.stop()
+
+
 async def test_a_frame_just_under_the_limit_is_answered(server):
     async with server.ws(server.browser()) as ws:
         await recv(ws, "welcome")
