@@ -122,13 +122,37 @@ else:
 
 # --- Sessions: one long-lived cookie per browser ------------------------------
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
-SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_DAYS", default=400) * 24 * 3600
+# Browsers keep a cookie at most 400 days; a longer server-side session would
+# only outlive the cookie that points to it.
+SESSION_COOKIE_AGE = min(env.int("SESSION_COOKIE_DAYS", default=400), 400) * 24 * 3600
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-# Secure is added per response when the request came over HTTPS
-# (chat.middleware.SecureSessionCookieMiddleware); this forces it everywhere.
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- HTTPS -----------------------------------------------------------------------
+# Production (DEBUG=0) is HTTPS-only by default; each setting can be turned
+# off from the environment (docker-compose.yml does, for a plain-HTTP try-out).
+# Secure is also added per response when a request came over HTTPS
+# (chat.middleware.SecureSessionCookieMiddleware), so development over HTTPS
+# gets it too; these force it everywhere.
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Health checks probe the process over plain HTTP from inside its network
+# (the compose healthcheck, orchestrators): answer them, don't redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# TLS ends at a reverse proxy that sets X-Forwarded-Proto (and strips it from
+# clients): trust it for request.is_secure() and the websocket origin check.
+# Never turn this on without such a proxy: a client could claim HTTPS.
+BEHIND_PROXY = env.bool("BEHIND_PROXY", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_PROXY else None
+if not SECURE_HSTS_PRELOAD:
+    # security.W021 asks for HSTS preload. Preloading commits the domain and
+    # every subdomain to HTTPS in browsers' built-in lists, for months after
+    # it is withdrawn: the operator's choice (SECURE_HSTS_PRELOAD=1), not a default.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 # --- Chat limits ----------------------------------------------------------------
 CHAT_STALE_SETTINGS_DAYS = env.int("CHAT_STALE_SETTINGS_DAYS", default=100)
