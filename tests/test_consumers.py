@@ -108,30 +108,58 @@ async def test_welcome_carries_the_newest_message_id():
     await other.close()
 
 
-@pytest.mark.parametrize("cookie", [None, "not-a-session-key", "flushed"])
-async def test_handshake_without_a_valid_session_closes_with_4401(cookie):
-    if cookie == "flushed":
-        session = await database_sync_to_async(make_session)()
-        await database_sync_to_async(session.flush)()
-        cookie = session.session_key or "gone"
-    tab = Tab(cookie)
-    connected, _ = await tab.comm.connect(timeout=TIMEOUT)
-    assert connected  # accepted, then closed: the client reloads the page
-    assert await tab.comm.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4401}
+def invalid_session_cookie(kind: str) -> str | None:
+    """The cookie of a browser without a valid session, of the given kind."""
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+    from django.utils.crypto import get_random_string
 
-
-async def test_session_without_session_id_closes_with_4401():
-    from django.contrib.sessions.backends.db import SessionStore
-
-    def bare_session() -> str:
-        session = SessionStore()
+    if kind == "none":
+        return None
+    if kind == "garbage":
+        return "not-a-session-key"
+    if kind == "forged":  # well-formed, never issued
+        return get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
+    session = make_session()
+    key = session.session_key
+    if kind == "expired":
+        Session.objects.filter(pk=key).update(expire_date=timezone.now() - timezone.timedelta(seconds=1))
+    elif kind == "flushed":  # what logging out does
+        session.flush()
+    elif kind == "deleted":  # clearsessions, or the row removed by hand
+        Session.objects.filter(pk=key).delete()
+    elif kind == "no session_id":
+        del session["session_id"]
         session["other"] = 1
         session.save()
-        return session.session_key
+    return key
 
-    tab = Tab(await database_sync_to_async(bare_session)())
-    assert (await tab.comm.connect(timeout=TIMEOUT))[0]
+
+@pytest.mark.parametrize("kind", ["none", "garbage", "forged", "expired", "flushed", "deleted", "no session_id"])
+async def test_handshake_without_a_valid_session_closes_with_4401_and_can_do_nothing(kind):
+    # Someone with a name and a message is in the room: nothing of theirs is adopted.
+    other = await open_tab(await new_browser())
+    await other.send({"type": "rename", "username": "Someone"})
+    await other.send({"type": "chat", "text": "theirs"})
+    await other.recv_type("chat")
+    await other.quiet()
+
+    tab = Tab(await database_sync_to_async(invalid_session_cookie)(kind))
+    connected, _ = await tab.comm.connect(timeout=TIMEOUT)
+    assert connected  # accepted, then closed at once (no welcome): the client reloads the page
     assert await tab.comm.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    # A client that ignores the close gets nothing done.
+    for frame in ({"type": "chat", "text": "sneaky"}, {"type": "rename", "username": "Sneaky"},
+                  {"type": "history"}, {"type": "ping"}):
+        await tab.send(frame)
+    assert await tab.comm.receive_nothing(timeout=0.5)
+    assert await other.silent()  # nobody joined the room
+    assert await database_sync_to_async(lambda: list(Message.objects.values_list("text", flat=True)))() == ["theirs"]
+    assert await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))() == [
+        "Someone"
+    ]
+    await tab.comm.disconnect()
+    await other.close()
 
 
 @pytest.mark.parametrize("origin", [b"http://evil.example", b"null", b"http://localhost.evil.example"])
