@@ -28,12 +28,71 @@ def row() -> VisitorSettings:
     return VisitorSettings.objects.get(session_id=sid)
 
 
-@pytest.mark.parametrize("url", ["/admin/", "/admin/chat/visitorsettings/", "/admin/chat/message/"])
-def test_admin_requires_staff(client, url):
-    assert client.get(url).status_code == 302
-    User.objects.create_user("visitor", password="pw")
-    client.login(username="visitor", password="pw")
-    assert client.get(url).status_code == 302
+@pytest.fixture
+def message() -> Message:
+    poster = Identity(uuid.uuid4(), "a1", "Ada", False)
+    return services.post_message(identity=poster, room="lobby", text="hello", client_id=None).message
+
+
+@pytest.fixture(params=["anonymous", "signed-in visitor"])
+def outsider(request, client):
+    """A browser that is not staff: nobody signed in, or a user without is_staff."""
+    if request.param == "signed-in visitor":
+        User.objects.create_user("visitor", password="pw")
+        client.login(username="visitor", password="pw")
+    return client
+
+
+def is_login_redirect(response) -> bool:
+    return response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/",
+        "/admin/chat/visitorsettings/",
+        "/admin/chat/message/",
+        "/admin/chat/visitorsettings/{row.pk}/change/",
+        "/admin/chat/message/{message.pk}/change/",
+        "/admin/chat/visitorsettings/{row.pk}/delete/",
+    ],
+)
+def test_admin_requires_staff(outsider, row, message, url):
+    assert is_login_redirect(outsider.get(url.format(row=row, message=message)))
+
+
+def changes(row: VisitorSettings, message: Message) -> list[tuple[str, dict]]:
+    """Every write the admin offers, as the POST a form would send."""
+    return [
+        (f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": "Hijacked"}),
+        (f"/admin/chat/visitorsettings/{row.pk}/delete/", {"post": "yes"}),
+        ("/admin/chat/visitorsettings/", {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"}),
+        ("/admin/chat/visitorsettings/", {"action": "purge_stale", "_selected_action": [row.pk]}),
+        ("/admin/chat/visitorsettings/add/", {"session_id": str(uuid.uuid4()), "username": "Planted"}),
+        (f"/admin/chat/message/{message.pk}/delete/", {"post": "yes"}),
+        ("/admin/chat/message/", {"action": "delete_selected", "_selected_action": [message.pk], "post": "yes"}),
+    ]
+
+
+def assert_unchanged(row: VisitorSettings, message: Message) -> None:
+    assert list(VisitorSettings.objects.values_list("pk", "username")) == [(row.pk, "Ada")]
+    assert list(Message.objects.values_list("pk", "text")) == [(message.pk, "hello")]
+
+
+def test_outsiders_cannot_post_changes(outsider, row, message):
+    for url, data in changes(row, message):
+        assert is_login_redirect(outsider.post(url, data)), url
+    assert_unchanged(row, message)
+
+
+def test_staff_without_permissions_cannot_post_changes(client, row, message):
+    User.objects.create_user("intern", password="pw", is_staff=True)
+    client.login(username="intern", password="pw")
+    assert client.get(f"/admin/chat/visitorsettings/{row.pk}/change/").status_code == 403
+    for url, data in changes(row, message):
+        assert client.post(url, data).status_code == 403, url
+    assert_unchanged(row, message)
 
 
 def test_search_by_name_and_session_id(staff_client, row):
