@@ -47,6 +47,18 @@ def test_cookie_is_secure_over_https(client):
     assert response.cookies["sessionid"]["secure"]
 
 
+def test_cookie_is_secure_over_https_ended_at_a_trusted_proxy(client, settings):
+    https_at_proxy = {"HTTP_X_FORWARDED_PROTO": "https"}
+    # Without BEHIND_PROXY the header is anyone's to send: not trusted.
+    assert not client.get("/chat/lobby/", **https_at_proxy).cookies["sessionid"]["secure"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # BEHIND_PROXY=1
+    client.cookies.clear()
+    response = client.get("/chat/lobby/", **https_at_proxy)
+    assert response.cookies["sessionid"]["secure"] and response.cookies["sessionid"]["httponly"]
+    client.cookies.clear()
+    assert not client.get("/chat/lobby/", HTTP_X_FORWARDED_PROTO="http").cookies["sessionid"]["secure"]
+
+
 def test_session_id_is_stable_across_views_and_refreshed_daily(client):
     client.get("/chat/lobby/")
     first = session_id_of(client)
