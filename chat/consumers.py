@@ -73,6 +73,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.hub.join(self.room, self)
             await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
             last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
+            self.hub.start_from(self.room, last_id)
             snapshot = await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
             await self.send(
                 text_data=protocol.welcome_frame(
@@ -246,6 +247,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
+
+    async def layer_recovered(self) -> None:
+        """Redis came back (maybe empty): put this tab back in its browser's group and in presence."""
+        assert self.identity is not None
+        await self.channel_layer.group_add(events.author_group(self.identity.author_id), self.channel_name)
+        if await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab()):
+            await self.announce_presence()
 
     # --- Helpers ------------------------------------------------------------------
 

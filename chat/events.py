@@ -50,6 +50,16 @@ def room_frame(room: str, frame: str) -> Event:
     return {"type": "room.frame", "room": room, "frame": frame}
 
 
+def room_message(room: str, *, message_id: int, prev_id: int | None, frame: str) -> Event:
+    """The event that sends a stored message's ``chat`` frame to every socket in ``room``.
+
+    ``prev_id`` is the id of the room's message before it (None: the first),
+    so a hub that sees a message whose predecessor it has not delivered knows
+    it missed one, and fetches it from the database (``chat.fanout``).
+    """
+    return {"type": "room.message", "room": room, "id": message_id, "prev_id": prev_id, "frame": frame}
+
+
 def presence_changed(room: str) -> Event:
     """The event that tells every process to send ``room``'s presence again."""
     return {"type": "presence.changed", "room": room}
