@@ -52,8 +52,8 @@ PROBE_TIMEOUT = 2.0
 class Member(Protocol):
     """One socket in a room (a ``ChatConsumer``)."""
 
-    async def deliver(self, frame: str) -> None:
-        """Send a room broadcast (JSON text) to this socket."""
+    async def deliver(self, frame: str, message_id: int | None = None) -> None:
+        """Send a room broadcast (JSON text) to this socket; ``message_id`` of a chat frame."""
 
     async def deliver_presence(self, version: int, frame: str) -> None:
         """Send the room's presence frame (of that version), unless this socket has it already."""
@@ -177,11 +177,11 @@ class RoomHub:
         else:
             await self.broadcast(room, event["frame"])
 
-    async def broadcast(self, room: str, frame: str) -> None:
+    async def broadcast(self, room: str, frame: str, message_id: int | None = None) -> None:
         feed = self.feeds.get(room)
         for member in list(feed.members if feed else ()):
             try:
-                await member.deliver(frame)
+                await member.deliver(frame, message_id)
             except Exception:  # one broken socket must not silence the room
                 logger.exception("delivery failed room=%s", room)
 
@@ -202,7 +202,7 @@ class RoomHub:
 
     async def _deliver_message(self, room: str, feed: Feed, message_id: int, frame: str) -> None:
         feed.last_id = message_id
-        await self.broadcast(room, frame)
+        await self.broadcast(room, frame, message_id)
 
     async def _release_held(self, room: str, feed: Feed) -> None:
         """Deliver held messages whose predecessor is now delivered."""

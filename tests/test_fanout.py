@@ -20,7 +20,7 @@ class Socket:
         self.frames: list[str] = []
         self.broken = broken
 
-    async def deliver(self, frame: str) -> None:
+    async def deliver(self, frame: str, message_id: int | None = None) -> None:
         if self.broken:
             raise RuntimeError("this socket is broken")
         self.frames.append(frame)
