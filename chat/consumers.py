@@ -37,8 +37,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     """A websocket of one browser tab in one room."""
 
     identity: Identity | None = None
-    # Room broadcasts that arrive before the welcome wait here (None once sent).
-    early: list[str] | None = None
+    # Room broadcasts that arrive before the welcome wait here (None once sent),
+    # with the message id of chat frames.
+    early: list[tuple[str, int | None]] | None = None
+    # The welcome's last_id: messages up to it are the client's to fetch with
+    # `resume`, so live copies of them are not sent too (each arrives once).
+    live_after = 0
     presence_version = 0
     last_presence: str | None = None
     presence_missed = False
@@ -73,6 +77,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.hub.join(self.room, self)
             await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
             last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
+            self.hub.start_from(self.room, last_id)
             snapshot = await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
             await self.send(
                 text_data=protocol.welcome_frame(
@@ -84,9 +89,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
             )
             early, self.early = self.early, None
+            self.live_after = last_id or 0
             await self.deliver_presence(snapshot.version, protocol.presence_frame(room=self.room, users=snapshot.users))
-            for frame in early:
-                await self.send(text_data=frame)
+            for frame, message_id in early:
+                await self.deliver(frame, message_id)
             if self.presence_missed:
                 self.hub.presence_changed(self.room)
             await self.announce_presence()
@@ -156,9 +162,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 client_id=frame.client_id,
             )
         except events.BroadcastFailed as failed:
-            # Stored, but the room did not hear of it: acknowledge to the
-            # sender; the others fetch it with `resume`.
-            await self.send(text_data=protocol.chat_frame(failed.result.message))
+            # Stored, but the layer (Redis) did not take it: this process's
+            # sockets in the room, the sender's among them, get it at once;
+            # other processes' hubs fetch it when the layer is back.
+            for _group, event in failed.unsent:
+                await self.hub.dispatch(event)
             return
         except UNAVAILABLE:
             await self.send_unavailable(client_id=frame.client_id)
@@ -206,11 +214,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- Room broadcasts (from the hub) and channel-layer events -------------
 
-    async def deliver(self, frame: str) -> None:
-        """Send a room broadcast to this socket (after the welcome)."""
+    async def deliver(self, frame: str, message_id: int | None = None) -> None:
+        """Send a room broadcast to this socket (after the welcome); ``message_id`` of a chat frame."""
         if self.early is not None:
-            self.early.append(frame)
-        else:
+            self.early.append((frame, message_id))
+        elif message_id is None or message_id > self.live_after:
             await self.send(text_data=frame)
 
     async def deliver_presence(self, version: int, frame: str) -> None:
@@ -246,6 +254,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
+
+    async def layer_recovered(self) -> None:
+        """Redis came back (maybe empty): put this tab back in its browser's group and in presence."""
+        assert self.identity is not None
+        await self.channel_layer.group_add(events.author_group(self.identity.author_id), self.channel_name)
+        if await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab()):
+            await self.announce_presence()
 
     # --- Helpers ------------------------------------------------------------------
 

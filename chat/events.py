@@ -50,6 +50,16 @@ def room_frame(room: str, frame: str) -> Event:
     return {"type": "room.frame", "room": room, "frame": frame}
 
 
+def room_message(room: str, *, message_id: int, prev_id: int | None, frame: str) -> Event:
+    """The event that sends a stored message's ``chat`` frame to every socket in ``room``.
+
+    ``prev_id`` is the id of the room's message before it (None: the first),
+    so a hub that sees a message whose predecessor it has not delivered knows
+    it missed one, and fetches it from the database (``chat.fanout``).
+    """
+    return {"type": "room.message", "room": room, "id": message_id, "prev_id": prev_id, "frame": frame}
+
+
 def presence_changed(room: str) -> Event:
     """The event that tells every process to send ``room``'s presence again."""
     return {"type": "presence.changed", "room": room}
@@ -74,18 +84,19 @@ def _dispatch(group: str, event: Event) -> None:
 
 
 class BroadcastFailed(Exception):
-    """The write committed but its events could not be published."""
+    """The write committed but its events could not be published (all of them: ``unsent``)."""
 
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: Any, unsent: list[tuple[str, Event]]) -> None:
         super().__init__("the channel layer did not take the event")
         self.result = result
+        self.unsent = unsent
 
 
 async def call_service(service: Callable[..., T], /, **kwargs: Any) -> T:
     """Run a sync ``service`` in the database thread, then publish its events.
 
-    Raises ``BroadcastFailed`` (carrying the service's result) when the write
-    committed but the channel layer refused an event.
+    Raises ``BroadcastFailed`` (carrying the service's result and its events)
+    when the write committed but the channel layer refused an event.
     """
     outbox: list[tuple[str, Event]] = []
     token = _outbox.set(outbox)
@@ -98,5 +109,5 @@ async def call_service(service: Callable[..., T], /, **kwargs: Any) -> T:
             await publish(group, event)
     except Exception as exc:
         logger.warning("broadcast failed after commit: %s", exc.__class__.__name__)
-        raise BroadcastFailed(result) from exc
+        raise BroadcastFailed(result, outbox) from exc
     return result

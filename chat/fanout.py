@@ -1,4 +1,4 @@
-"""Room fan-out inside one server process.
+"""Room fan-out inside one server process, in order and without gaps.
 
 A broadcast to a room crosses the channel layer once per *process*, not once
 per open socket: each process has one :class:`RoomHub`, which joins a room's
@@ -9,6 +9,15 @@ channel-layer message, no per-socket JSON encoding and no per-socket trip
 through the consumer's dispatch (which in Channels 4.3 hops to the database
 thread before every handler).
 
+Chat messages are delivered in id order, each once, and none is skipped even
+when the channel layer loses one (Redis restarting, a publish that failed
+after its commit, a subscription that was reconnecting): each message event
+names the room's previous message (``prev_id``), so a hub that has not
+delivered that one holds the message back a moment for the late one, then
+fetches what it missed from the database. A probe the hub sends itself
+through the layer every second finds outages with no message to reveal them;
+once the probe comes back, the hub catches every room up from the database.
+
 Presence events carry no list: they mark the room's presence as changed, and
 the hub sends the room's current snapshot to its sockets once the changes have
 settled for a moment. So a thousand people joining cause a few presence
@@ -16,71 +25,127 @@ broadcasts, not a thousand, each of a thousand names.
 """
 
 import asyncio
+import itertools
 import logging
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from chat import events, protocol
+from chat import events, protocol, selectors
 from chat.presence import get_presence
 
 logger = logging.getLogger(__name__)
+
+# How long a message whose predecessor has not arrived waits for it before
+# the hub fetches the gap from the database. Publishes of one room can
+# overtake each other between processes; this is the usual late arrival.
+REORDER_WAIT = 0.25
+# The channel-layer probe: how often, and how long its echo may take.
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0
 
 
 class Member(Protocol):
     """One socket in a room (a ``ChatConsumer``)."""
 
-    async def deliver(self, frame: str) -> None:
-        """Send a room broadcast (JSON text) to this socket."""
+    async def deliver(self, frame: str, message_id: int | None = None) -> None:
+        """Send a room broadcast (JSON text) to this socket; ``message_id`` of a chat frame."""
 
     async def deliver_presence(self, version: int, frame: str) -> None:
         """Send the room's presence frame (of that version), unless this socket has it already."""
+
+    async def layer_recovered(self) -> None:
+        """The channel layer (Redis) came back: restore what lives there for this socket."""
+
+
+@dataclass
+class Feed:
+    """One room's sockets in this process and where its message stream stands."""
+
+    members: set[Member] = field(default_factory=set)
+    # Id of the newest message delivered (0: none in the room; None: unknown yet).
+    last_id: int | None = None
+    # Messages that came before their predecessor: id -> (prev_id, frame).
+    held: dict[int, tuple[int | None, str]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    repair: asyncio.Task[None] | None = None
 
 
 class RoomHub:
     """The sockets of one process, by room, and their one channel-layer subscription."""
 
-    def __init__(self, layer: BaseChannelLayer) -> None:
+    def __init__(self, layer: BaseChannelLayer, *, probe: bool | None = None) -> None:
         self.layer = layer
-        self.rooms: dict[str, set[Member]] = {}
+        self.feeds: dict[str, Feed] = {}
         self._channel: str | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        # Only a layer outside the process (Redis) can lose events.
+        self._probe_enabled = bool(settings.REDIS_URL) if probe is None else probe
+        self._probe_tokens = itertools.count()
+        self._probe_echo: dict[int, asyncio.Future[None]] = {}
+        self.layer_ok = True
         self._membership = asyncio.Lock()
         self._presence_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def rooms(self) -> dict[str, set[Member]]:
+        """The local sockets of each room served."""
+        return {room: feed.members for room, feed in self.feeds.items()}
+
     async def join(self, room: str, member: Member) -> None:
         """Start delivering ``room``'s broadcasts to ``member``."""
         async with self._membership:
-            if room not in self.rooms:
+            if room not in self.feeds:
                 if self._channel is None:
                     self._channel = await self.layer.new_channel()
                 await self.layer.group_add(events.room_group(room), self._channel)
-                self.rooms[room] = set()
-            self.rooms[room].add(member)
+                self.feeds[room] = Feed()
+            self.feeds[room].members.add(member)
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
+            if self._probe_enabled and (self._watchdog is None or self._watchdog.done()):
+                self._watchdog = asyncio.create_task(self._watch())
+
+    def start_from(self, room: str, last_id: int | None) -> None:
+        """Note the room's newest message id as read when a socket joined.
+
+        The first socket of a room gives the hub its starting point; messages
+        up to it are the joining socket's to ``resume``, not the hub's.
+        """
+        feed = self.feeds.get(room)
+        if feed is not None and feed.last_id is None:
+            feed.last_id = last_id or 0
 
     async def leave(self, room: str, member: Member) -> None:
         """Stop delivering to ``member``; the last one out leaves the group."""
         async with self._membership:
-            members = self.rooms.get(room)
-            if members is None or member not in members:
+            feed = self.feeds.get(room)
+            if feed is None or member not in feed.members:
                 return
-            members.discard(member)
-            if members:
+            feed.members.discard(member)
+            if feed.members:
                 return
-            del self.rooms[room]
+            del self.feeds[room]
+            if feed.repair is not None:
+                feed.repair.cancel()
             assert self._channel is not None
             await self.layer.group_discard(events.room_group(room), self._channel)
-            if not self.rooms and self._reader is not None:
+            if not self.feeds:
                 # A cancelled receive ends the channel (the pub/sub layer
                 # unsubscribes it): the next join makes a new one.
-                self._reader.cancel()
-                self._reader = None
+                for task in (self._reader, self._watchdog):
+                    if task is not None:
+                        task.cancel()
+                self._reader = self._watchdog = None
                 self._channel = None
+
+    # --- Reading the layer ----------------------------------------------------
 
     async def _read(self) -> None:
         assert self._channel is not None
@@ -91,25 +156,161 @@ class RoomHub:
                 raise
             except Exception as exc:  # Redis down: keep trying, sockets stay open
                 logger.warning("room hub cannot read the channel layer: %s", exc.__class__.__name__)
+                self.layer_ok = False
                 await asyncio.sleep(1)
                 continue
             await self.dispatch(event)
 
     async def dispatch(self, event: dict[str, Any]) -> None:
+        if event["type"] == "hub.probe":
+            echo = self._probe_echo.pop(event["token"], None)
+            if echo is not None and not echo.done():
+                echo.set_result(None)
+            return
         room = event.get("room")
-        if room not in self.rooms:
+        if room not in self.feeds:
             return
         if event["type"] == "presence.changed":
             self.presence_changed(room)
+        elif event["type"] == "room.message":
+            await self._on_message(room, event["id"], event["prev_id"], event["frame"])
         else:
             await self.broadcast(room, event["frame"])
 
-    async def broadcast(self, room: str, frame: str) -> None:
-        for member in list(self.rooms.get(room, ())):
+    async def broadcast(self, room: str, frame: str, message_id: int | None = None) -> None:
+        feed = self.feeds.get(room)
+        for member in list(feed.members if feed else ()):
             try:
-                await member.deliver(frame)
+                await member.deliver(frame, message_id)
             except Exception:  # one broken socket must not silence the room
                 logger.exception("delivery failed room=%s", room)
+
+    # --- Chat messages: in order, once, no gaps ----------------------------------
+
+    async def _on_message(self, room: str, message_id: int, prev_id: int | None, frame: str) -> None:
+        feed = self.feeds[room]
+        async with feed.lock:
+            if feed.last_id is not None and message_id <= feed.last_id:
+                return  # delivered already (a catch-up got there first)
+            if feed.last_id is not None and prev_id is not None and prev_id > feed.last_id:
+                # Its predecessor has not been delivered: wait for it a moment.
+                feed.held[message_id] = (prev_id, frame)
+                self._schedule_repair(room, feed, delay=REORDER_WAIT)
+                return
+            await self._deliver_message(room, feed, message_id, frame)
+            await self._release_held(room, feed)
+
+    async def _deliver_message(self, room: str, feed: Feed, message_id: int, frame: str) -> None:
+        feed.last_id = message_id
+        await self.broadcast(room, frame, message_id)
+
+    async def _release_held(self, room: str, feed: Feed) -> None:
+        """Deliver held messages whose predecessor is now delivered."""
+        for message_id in sorted(feed.held):
+            prev_id, frame = feed.held[message_id]
+            assert feed.last_id is not None
+            if message_id <= feed.last_id:
+                del feed.held[message_id]
+            elif prev_id is None or prev_id <= feed.last_id:
+                del feed.held[message_id]
+                await self._deliver_message(room, feed, message_id, frame)
+            else:
+                break
+
+    def _schedule_repair(self, room: str, feed: Feed, *, delay: float, always: bool = False) -> None:
+        if feed.repair is None or feed.repair.done():
+            feed.repair = asyncio.create_task(self._repair(room, feed, delay, always))
+
+    async def _repair(self, room: str, feed: Feed, delay: float, always: bool) -> None:
+        """Fetch from the database what this room's stream is missing, and deliver it in order.
+
+        Unless ``always`` (after an outage), only while a message is still
+        held: usually the late one arrived during the wait.
+        """
+        await asyncio.sleep(delay)
+        async with feed.lock:
+            if feed.last_id is None or not (always or feed.held):
+                return
+            try:
+                while True:
+                    missed, has_more = await database_sync_to_async(selectors.messages_after)(
+                        room=room, after=feed.last_id, limit=protocol.RESUME_MAX
+                    )
+                    for message in missed:
+                        await self._deliver_message(room, feed, message.pk, protocol.chat_frame(message))
+                    if not has_more:
+                        break
+            except Exception as exc:  # the database is down too: try again
+                logger.warning("room hub cannot fetch missed messages room=%s: %s", room, exc.__class__.__name__)
+                feed.repair = None
+                self._schedule_repair(room, feed, delay=1.0, always=True)
+                return
+            if missed:
+                logger.info("room hub caught up room=%s: %d missed message(s)", room, len(missed))
+            # Whatever is still held was deleted meanwhile or is newer: deliver in order.
+            for message_id in sorted(feed.held):
+                prev_id, frame = feed.held.pop(message_id)
+                if message_id > feed.last_id:
+                    await self._deliver_message(room, feed, message_id, frame)
+
+    def catch_up(self) -> None:
+        """Fetch every room's missed messages from the database (after a layer outage)."""
+        for room, feed in self.feeds.items():
+            if feed.repair is not None and not feed.repair.done():
+                feed.repair.cancel()
+            feed.repair = asyncio.create_task(self._repair(room, feed, 0, True))
+
+    # --- The probe: is the layer delivering? ---------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            delivering = await self._probe()
+            if delivering == self.layer_ok:
+                continue
+            self.layer_ok = delivering
+            if not delivering:
+                logger.warning("room hub: the channel layer is not delivering; sockets stay open")
+                continue
+            logger.warning("room hub: the channel layer is back; catching up %d room(s)", len(self.feeds))
+            await self._recovered()
+
+    async def _probe(self) -> bool:
+        """Send a probe to this hub's own channel; True if it comes back in time."""
+        if self._channel is None:
+            return True
+        token = next(self._probe_tokens)
+        echo = self._probe_echo[token] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self.layer.send(self._channel, {"type": "hub.probe", "token": token}),
+                                   PROBE_TIMEOUT)
+            await asyncio.wait_for(echo, PROBE_TIMEOUT)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        finally:
+            self._probe_echo.pop(token, None)
+
+    async def _recovered(self) -> None:
+        # A layer that keeps groups in Redis (the core layer) lost them in a
+        # restart; joining again is harmless for the pub/sub layer.
+        for room in list(self.feeds):
+            try:
+                assert self._channel is not None
+                await self.layer.group_add(events.room_group(room), self._channel)
+            except Exception as exc:
+                logger.warning("room hub cannot rejoin room=%s: %s", room, exc.__class__.__name__)
+        self.catch_up()
+        for feed in list(self.feeds.values()):
+            for member in list(feed.members):
+                try:
+                    await member.layer_recovered()
+                except Exception:
+                    logger.exception("socket could not restore its state after the outage")
+
+    # --- Presence -------------------------------------------------------------------
 
     def presence_changed(self, room: str) -> None:
         """Send the room's presence soon; changes until then share one frame."""
@@ -122,7 +323,9 @@ class RoomHub:
 
     def _settle_delay(self, room: str) -> float:
         # A bigger room waits longer (up to 2 s): its presence frame costs more to send.
-        return min(settings.CHAT_PRESENCE_SETTLE * (1 + len(self.rooms.get(room, ())) / 100), 2.0)
+        feed = self.feeds.get(room)
+        members = len(feed.members) if feed else 0
+        return min(settings.CHAT_PRESENCE_SETTLE * (1 + members / 100), 2.0)
 
     async def _send_presence(self, room: str) -> None:
         try:
@@ -130,7 +333,7 @@ class RoomHub:
         finally:
             # From here on a change schedules the next frame.
             self._presence_due.discard(room)
-        if room not in self.rooms:
+        if room not in self.feeds:
             return
         try:
             snapshot = await get_presence().snapshot(room=room)
@@ -138,7 +341,8 @@ class RoomHub:
             logger.warning("presence snapshot failed room=%s: %s", room, exc.__class__.__name__)
             return
         frame = protocol.presence_frame(room=room, users=snapshot.users)
-        for member in list(self.rooms.get(room, ())):
+        feed = self.feeds.get(room)
+        for member in list(feed.members if feed else ()):
             try:
                 await member.deliver_presence(snapshot.version, frame)
             except Exception:

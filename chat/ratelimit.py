@@ -5,13 +5,17 @@ Defaults: a burst of ``CHAT_RATE_BURST`` (10), refilled at
 so the limit holds across every server process; the clock is Redis's own.
 """
 
+import logging
 import math
 import time
 from typing import Protocol
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from chat import redis_client
+
+logger = logging.getLogger(__name__)
 
 
 class RateLimiter(Protocol):
@@ -62,22 +66,33 @@ return tostring(1 - tokens)
 
 
 class RedisRateLimiter:
-    """Token buckets in Redis, shared by every server process."""
+    """Token buckets in Redis, shared by every server process.
+
+    While Redis cannot be reached, each process limits on its own (the same
+    rule, in memory), so the chat keeps working through a Redis restart
+    rather than refusing every message.
+    """
 
     def __init__(self) -> None:
         self._script = redis_client.get_redis().register_script(_TOKEN_BUCKET)
 
     async def hit(self, *, action: str, author_id: str) -> float | None:
         rate = settings.CHAT_RATE_PER_SECOND
-        missing = float(
-            await self._script(
-                [redis_client.key("rate", action, author_id)], [settings.CHAT_RATE_BURST, rate]
+        try:
+            missing = float(
+                await self._script(
+                    [redis_client.key("rate", action, author_id)], [settings.CHAT_RATE_BURST, rate]
+                )
             )
-        )
+        except (RedisError, OSError) as exc:
+            logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)
+            return await _fallback.hit(action=action, author_id=author_id)
         return None if missing < 0 else _retry_after(missing, rate)
 
 
 _local = LocalRateLimiter()
+# Used by RedisRateLimiter while Redis is away.
+_fallback = LocalRateLimiter()
 
 
 def get_rate_limiter() -> RateLimiter:

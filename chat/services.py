@@ -15,7 +15,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chat import events, protocol, validators
+from chat import events, protocol, selectors, validators
 from chat.identity import Identity, author_id_for, get_session_id, guest_name_for
 from chat.models import Message, Room, VisitorSettings
 
@@ -136,6 +136,10 @@ def post_message(*, identity: Identity, room: str, text: str, client_id: str | N
             # commit in order within a room, so `resume after N` never skips
             # a message that committed late.
             Room.objects.select_for_update().get_or_create(name=room)
+            # Read after the lock (a fresh snapshot): the room's newest id,
+            # which the event carries as `prev_id`, so a hub that has not
+            # delivered that one knows it missed it.
+            prev_id = selectors.last_message_id(room=room)
             message = Message.objects.create(
                 room_id=room,
                 author_id=identity.author_id,
@@ -145,7 +149,13 @@ def post_message(*, identity: Identity, room: str, text: str, client_id: str | N
                 client_id=client_id,
             )
             events.send_event_on_commit(
-                events.room_group(room), events.room_frame(room, protocol.chat_frame(message))
+                events.room_group(room),
+                events.room_message(
+                    room,
+                    message_id=message.pk,
+                    prev_id=prev_id,
+                    frame=protocol.chat_frame(message),
+                ),
             )
     except IntegrityError:
         if client_id is None:

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
-from chat import services
+from chat import events, services
 from chat.identity import Identity, author_id_for, guest_name_for
 from chat.models import Message, VisitorSettings
 from tests.conftest import make_session
@@ -145,7 +145,7 @@ def test_post_message_stores_name_at_sending_time(data_queries):
     services.post_message(identity=ada, room="lobby", text="warm up", client_id=None)  # creates the room
     with data_queries() as queries:
         posted = services.post_message(identity=ada, room="lobby", text="  hello  ", client_id="c1")
-    assert queries.count == 2  # lock the room row, insert the message
+    assert queries.count == 3  # lock the room row, read its newest id, insert the message
     assert posted.created
     stored = Message.objects.get(pk=posted.message.pk)
     assert (stored.room_id, stored.username, stored.verified, stored.text, stored.client_id) == (
@@ -158,6 +158,25 @@ def test_ids_grow_within_a_room():
     ids = [services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
            for room in ["a", "b", "a", "a", "b"]]
     assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+def test_each_message_event_names_the_previous_message_of_its_room(django_capture_on_commit_callbacks):
+    ada = identity()
+    sent: list[tuple[str, dict]] = []
+    token = events._outbox.set(sent)  # what the consumer's call_service collects
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            ids = [services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
+                   for room in ["a", "b", "a", "a"]]
+    finally:
+        events._outbox.reset(token)
+    chain = [(group, event["id"], event["prev_id"]) for group, event in sent]
+    assert chain == [
+        ("chat.room.a", ids[0], None),
+        ("chat.room.b", ids[1], None),
+        ("chat.room.a", ids[2], ids[0]),
+        ("chat.room.a", ids[3], ids[2]),
+    ]
 
 
 def test_resending_a_client_id_stores_nothing_new():

@@ -107,8 +107,11 @@ const render = {
     state.authorId = frame.author_id;
     setStatus("connected");
     applyName(frame.username, { saved: false });
+    // A message sent before the socket dropped may be among those missed:
+    // catch up first, then re-send what is still unacknowledged, so each
+    // message arrives once.
     if (frame.last_id !== null && frame.last_id > state.lastId) request("resume", { after: state.lastId });
-    for (const [clientId, text] of state.pending) send({ type: "chat", text, client_id: clientId });
+    else resendPending();
     if (state.wantedName !== null && state.wantedName !== state.username) sendName();
   },
   chat(frame) {
@@ -130,6 +133,7 @@ const render = {
       frame.messages.forEach(addMessage);
       if (stick) scrollToBottom();
       if (frame.has_more) request("resume", { after: state.lastId });
+      else resendPending();
     }
   },
   identity(frame) {
@@ -198,6 +202,10 @@ function send(frame) {
     return true;
   }
   return false;
+}
+
+function resendPending() {
+  for (const [clientId, text] of state.pending) send({ type: "chat", text, client_id: clientId });
 }
 
 function request(kind, fields) {
