@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 import redis
 import websockets
+from channels.db import database_sync_to_async
 from django.conf import settings
 from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
@@ -181,6 +182,49 @@ async def test_two_processes_serve_one_room(server_env, tmp_path):
             limited = {f["client_id"] for f in frames if f["type"] == "error" and f["code"] == "rate_limited"}
             stored = {f["client_id"] for f in frames if f["type"] == "chat" and f["client_id"]}
             assert len(limited) == 3 and len(stored) == 9 and not limited & stored
+    finally:
+        one.stop()
+        two.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_one_client_id_sent_from_five_tabs_at_once_is_stored_once(server_env, tmp_path):
+    # A browser re-sends its pending messages on every welcome, from each tab.
+    # Each process runs services in one database thread, so only two
+    # processes make the inserts really race on PostgreSQL.
+    from chat.models import Message
+
+    server_env = {**server_env, "CHAT_RATE_BURST": "1000", "CHAT_RATE_PER_SECOND": "1000"}
+    one, two = Server(server_env, tmp_path / "one.log"), Server(server_env, tmp_path / "two.log")
+    try:
+        room = "dups"
+        ada, grace = one.browser(), two.browser()
+        tabs = [await (one if n % 2 else two).ws(ada, room=room) for n in range(5)]
+        watchers = [await one.ws(grace, room=room), await two.ws(grace, room=room)]
+        for ws in tabs + watchers:
+            await recv(ws, "welcome")
+        for ws in tabs + watchers:
+            await drain(ws, quiet=0.5)
+        for attempt in range(5):  # the first one also races to create the room's row
+            client_id = f"dup-{attempt}"
+            frame = json.dumps({"type": "chat", "text": f"once {attempt}", "client_id": client_id})
+            await asyncio.gather(*(ws.send(frame) for ws in tabs))
+            got = await asyncio.gather(*(drain(ws, quiet=1.0) for ws in tabs + watchers))
+            chats = [[f for f in frames if f["type"] == "chat" and f["client_id"] == client_id] for frames in got]
+            errors = [f for frames in got for f in frames if f["type"] == "error"]
+            assert not errors, errors
+            stored = await database_sync_to_async(
+                lambda: list(Message.objects.filter(client_id=client_id).values_list("id", flat=True))
+            )()
+            assert len(stored) == 1, stored
+            # Every tab is answered with the one stored message (its room echo
+            # and, for the tabs whose insert lost, the direct answer).
+            assert all(frames and {f["id"] for f in frames} == set(stored) for frames in chats[:5]), chats[:5]
+            # The room hears of it once, on either process.
+            assert [len(frames) for frames in chats[5:]] == [1, 1], chats[5:]
+        for ws in tabs + watchers:
+            await ws.close()
     finally:
         one.stop()
         two.stop()
