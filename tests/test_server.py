@@ -414,6 +414,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(serve
         assert leftover < 16 * 1024 * 1024  # what the kernels held, not everything the server was asked for
         # The consumer saw the disconnect and cleaned up: the room shows two people.
         assert re.search(rf"disconnected room={room} author=\w+ code=1006", log), log[-3000:]
+        assert "disconnect cleanup failed" not in log  # it left the hub, its group and presence
         assert people[-1] == 2, people
         # Every probe reached the listener promptly, before and after the drop.
         assert set(delays) == set(sent_at) and len(sent_at) >= 6
