@@ -34,8 +34,8 @@ def queued_bytes(transport: object) -> int:
 
     ``twisted.internet.abstract.FileDescriptor`` (TCP and Unix sockets) keeps
     ``dataBuffer`` (sent up to ``offset``) plus the writes not yet joined into
-    it (``_tempDataLen``). A wrapper (TLS) passes its bytes on to the
-    transport under it, so that one is measured. 0 for a transport of
+    it (``_tempDataLen``). A protocol wrapper (TLS encrypts and writes on at
+    once) is looked through to the transport under it. 0 for a transport of
     another kind: no bound rather than a wrong one.
     """
     for _ in range(4):  # a wrapper or two, never a loop
@@ -77,10 +77,9 @@ class ChatWebSocketProtocol(WebSocketProtocol):
     def drop_slow_reader(self, queued: int, limit: int) -> None:
         """Abort a connection whose client stopped reading; its tab reconnects and resumes."""
         self.overflowed = True
-        peer = "%s:%s" % tuple(self.client_addr) if getattr(self, "client_addr", None) else "unknown"
+        peer = "%s:%s" % tuple(self.client_addr) if self.client_addr else "unknown"  # daphne's, set on connect
         logger.warning(
-            "slow reader dropped peer=%s path=%s queued=%d bytes limit=%d",
-            peer, getattr(getattr(self, "request", None), "path", "?"), queued, limit,
+            "slow reader dropped peer=%s path=%s queued=%d bytes limit=%d", peer, self.request.path, queued, limit
         )
         self.transport.abortConnection()
 
