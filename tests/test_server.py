@@ -20,11 +20,12 @@ import pytest
 import redis
 import websockets
 from channels.db import database_sync_to_async
+from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
-from chatsite.server import queued_bytes
+from chatsite.server import ChatWebSocketProtocol, queued_bytes
 from tests.servers import Server, manage
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
@@ -278,6 +279,48 @@ def test_queued_bytes_follows_twisted_buffers():
     kernel.doWrite()
     assert queued_bytes(kernel) == 0
     assert queued_bytes(object()) == 0  # not a twisted socket: no bound rather than a wrong one
+
+
+def test_a_frame_bigger_than_the_limit_goes_out_and_the_limit_counts_from_its_end(settings, monkeypatch, caplog):
+    settings.CHAT_SEND_BUFFER_LIMIT = 1000
+    kernel = Kernel(takes=0)  # a client that reads nothing
+    kernel.aborted = False
+    kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
+    # autobahn's sendMessage, reduced to the write it ends in.
+    monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
+    protocol = ChatWebSocketProtocol()
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, ["10.0.0.7", 5050], 16384
+    protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
+
+    protocol.sendMessage(b"r" * 5000)  # a big resume page on an empty queue: out whole
+    protocol.sendMessage(b"l" * 900)  # live frames queue behind it up to the limit
+    assert (queued_bytes(kernel), kernel.aborted) == (5900, False)
+    protocol.sendMessage(b"l" * 200)  # 5900 waiting: still under 1000 + 5000
+    assert (queued_bytes(kernel), kernel.aborted) == (6100, False)
+    protocol.sendMessage(b"dropped")  # 6100 > 6000: dropped, connection aborted
+    assert (queued_bytes(kernel), kernel.aborted) == (6100, True)
+    assert "slow reader dropped peer=10.0.0.7:5050 path=/ws/chat/lobby/ queued=6100 bytes limit=1000" in caplog.text
+    protocol.sendMessage(b"after")  # nothing more is written, nothing more is logged
+    assert queued_bytes(kernel) == 6100 and caplog.text.count("slow reader") == 1
+
+
+def test_once_drained_the_limit_counts_from_the_last_small_frame(settings, monkeypatch):
+    settings.CHAT_SEND_BUFFER_LIMIT = 1000
+    kernel = Kernel(takes=0)
+    kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
+    monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
+    protocol = ChatWebSocketProtocol()
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, 16384
+    protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
+    protocol.sendMessage(b"r" * 5000)
+    kernel.takes = 10**6
+    kernel.doWrite()  # the client read it all
+    protocol.sendMessage(b"s" * 10)
+    for _ in range(101):  # 1010 bytes queued behind a 10-byte frame
+        protocol.sendMessage(b"l" * 10)
+    assert not hasattr(kernel, "aborted")
+    protocol.sendMessage(b"l" * 10)  # 1020 > 1000 + 10
+    assert kernel.aborted
 
 
 class StalledClient:
