@@ -16,7 +16,7 @@ from django.db import OperationalError
 
 from chat import services
 from tests.conftest import make_session
-from tests.servers import Server, manage
+from tests.servers import manage
 from tests.test_consumers import Tab, new_browser, open_tab
 from tests.test_server import closed_with, drain, recv
 
