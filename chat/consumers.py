@@ -9,6 +9,7 @@ rename) come through the channel layer.
 
 import asyncio
 import logging
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -303,12 +304,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
         if retry_after is None:
             return True
+        logger.info("frame rejected room=%s code=rate_limited action=%s retry_after=%s", self.room, action, retry_after)
         await self.send_error(
             "rate_limited", "Too many messages; wait a moment.", client_id=client_id, retry_after=retry_after
         )
         return False
 
     async def send_unavailable(self, *, client_id: str | None) -> None:
+        # Called from the caller's except block: name what failed (its class;
+        # a database error's text can quote the row).
+        failed = sys.exception()
+        logger.warning("frame rejected room=%s code=unavailable (%s)", self.room, type(failed).__name__)
         await self.send_error("unavailable", "The chat cannot store this right now; try again.", client_id=client_id)
 
     async def send_error(

@@ -11,24 +11,77 @@ unchanged. Two differences, both in how autobahn (under daphne) applies
   in the consumer and closes the socket. The limit is for clients; the
   server's own frames (a page of 50 long messages, the presence list of a big
   room) are larger, and go out whole.
+
+And one addition: a bound on what is queued for a client that stops reading.
+Twisted keeps every byte written to a socket whose peer does not read, without
+limit; past ``CHAT_SEND_BUFFER_LIMIT`` the server drops that connection
+(docs/architecture.md, "A client that stops reading").
 """
 
+import logging
 from typing import Any
 
 import daphne.server
 from daphne.cli import CommandLineInterface
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from django.conf import settings
+
+logger = logging.getLogger("chat.server")
+
+
+def queued_bytes(transport: object) -> int:
+    """Return the bytes a twisted transport holds that the kernel has not taken yet.
+
+    ``twisted.internet.abstract.FileDescriptor`` (TCP and Unix sockets) keeps
+    ``dataBuffer`` (sent up to ``offset``) plus the writes not yet joined into
+    it (``_tempDataLen``). A protocol wrapper (TLS encrypts and writes on at
+    once) is looked through to the transport under it. 0 for a transport of
+    another kind: no bound rather than a wrong one.
+    """
+    for _ in range(4):  # a wrapper or two, never a loop
+        if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[attr-defined]
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return 0
 
 
 class ChatWebSocketProtocol(WebSocketProtocol):
-    """daphne's websocket protocol, with the size limit on received messages only."""
+    """daphne's websocket protocol: the size limit on received messages only,
+    and a bound on what waits for a client that does not read."""
+
+    # The size of the last frame written while the queue was under the
+    # limit: that frame goes out whole (a 500-message resume can be several
+    # MiB), and the limit counts from its end. Without this, a slow client
+    # catching up would be dropped by the next live frame, on every reconnect.
+    frame_allowance = 0
+    overflowed = False
 
     def sendMessage(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - autobahn's name
-        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        if self.overflowed:
+            return  # aborted; daphne reports the disconnect on the next turn of the loop
+        limit = settings.CHAT_SEND_BUFFER_LIMIT
+        queued = queued_bytes(self.transport)
+        if limit and queued > limit + self.frame_allowance:
+            self.drop_slow_reader(queued, limit)
+            return
+        payload_limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
         try:
             super().sendMessage(*args, **kwargs)
         finally:
-            self.maxMessagePayloadSize = limit
+            self.maxMessagePayloadSize = payload_limit
+        if queued <= limit:
+            self.frame_allowance = queued_bytes(self.transport) - queued
+
+    def drop_slow_reader(self, queued: int, limit: int) -> None:
+        """Abort a connection whose client stopped reading; its tab reconnects and resumes."""
+        self.overflowed = True
+        peer = "%s:%s" % tuple(self.client_addr) if self.client_addr else "unknown"  # daphne's, set on connect
+        logger.warning(
+            "slow reader dropped peer=%s path=%s queued=%d bytes limit=%d", peer, self.request.path, queued, limit
+        )
+        self.transport.abortConnection()
 
 
 class ClosingWebSocketFactory(WebSocketFactory):

@@ -163,6 +163,10 @@ CHAT_PRESENCE_TTL = env.float("CHAT_PRESENCE_TTL", default=60.0)
 # share one presence frame.
 CHAT_PRESENCE_SETTLE = env.float("CHAT_PRESENCE_SETTLE", default=0.1)
 CHAT_REDIS_PREFIX = env.str("CHAT_REDIS_PREFIX", default="chat")
+# Bytes the server may hold for a socket whose client does not read (beyond
+# the one frame that crossed the limit) before it drops the connection
+# (chatsite/server.py); 0: no bound. Why 1 MiB: docs/architecture.md.
+CHAT_SEND_BUFFER_LIMIT = env.int("CHAT_SEND_BUFFER_LIMIT", default=1024 * 1024)
 
 # --- Static files -------------------------------------------------------------
 STATIC_URL = "static/"

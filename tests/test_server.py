@@ -1,21 +1,32 @@
 """End to end: real daphne processes (``python -m chatsite.server``), real sockets.
 
 These check what only the server shows: close codes for oversize, invalid
-UTF-8 and binary frames, the 403 for a foreign origin, and, with Redis, a
-room idle past redis-py's old 5 s read timeout, hundreds of sockets closing
-at once, and two processes serving one room.
+UTF-8 and binary frames, the 403 for a foreign origin, a client that stops
+reading, and, with Redis, a room idle past redis-py's old 5 s read timeout,
+hundreds of sockets closing at once, and two processes serving one room.
 """
 
 import asyncio
+import base64
 import json
+import os
+import re
+import socket
+import struct
 import time
+import urllib.request
 
 import pytest
 import redis
 import websockets
+from channels.db import database_sync_to_async
+from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
+from twisted.internet import abstract
+from twisted.internet.testing import MemoryReactor
 
-from tests.servers import Server
+from chatsite.server import ChatWebSocketProtocol, queued_bytes
+from tests.servers import Server, manage
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -216,6 +227,49 @@ async def test_two_processes_serve_one_room(server_env, tmp_path):
         two.stop()
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_one_client_id_sent_from_five_tabs_at_once_is_stored_once(server_env, tmp_path):
+    # A browser re-sends its pending messages on every welcome, from each tab.
+    # Each process runs services in one database thread, so only two
+    # processes make the inserts really race on PostgreSQL.
+    from chat.models import Message
+
+    server_env = {**server_env, "CHAT_RATE_BURST": "1000", "CHAT_RATE_PER_SECOND": "1000"}
+    one, two = Server(server_env, tmp_path / "one.log"), Server(server_env, tmp_path / "two.log")
+    try:
+        room = "dups"
+        ada, grace = one.browser(), two.browser()
+        tabs = [await (one if n % 2 else two).ws(ada, room=room) for n in range(5)]
+        watchers = [await one.ws(grace, room=room), await two.ws(grace, room=room)]
+        for ws in tabs + watchers:
+            await recv(ws, "welcome")
+        for ws in tabs + watchers:
+            await drain(ws, quiet=0.5)
+        for attempt in range(5):  # the first one also races to create the room's row
+            client_id = f"dup-{attempt}"
+            frame = json.dumps({"type": "chat", "text": f"once {attempt}", "client_id": client_id})
+            await asyncio.gather(*(ws.send(frame) for ws in tabs))
+            got = await asyncio.gather(*(drain(ws, quiet=1.0) for ws in tabs + watchers))
+            chats = [[f for f in frames if f["type"] == "chat" and f["client_id"] == client_id] for frames in got]
+            errors = [f for frames in got for f in frames if f["type"] == "error"]
+            assert not errors, errors
+            stored = await database_sync_to_async(
+                lambda: list(Message.objects.filter(client_id=client_id).values_list("id", flat=True))
+            )()
+            assert len(stored) == 1, stored
+            # Every tab is answered with the one stored message (its room echo
+            # and, for the tabs whose insert lost, the direct answer).
+            assert all(frames and {f["id"] for f in frames} == set(stored) for frames in chats[:5]), chats[:5]
+            # The room hears of it once, on either process.
+            assert [len(frames) for frames in chats[5:]] == [1, 1], chats[5:]
+        for ws in tabs + watchers:
+            await ws.close()
+    finally:
+        one.stop()
+        two.stop()
+
+
 async def drain(ws, quiet: float = 1.5) -> list[dict]:
     """Every frame until the socket has been quiet for ``quiet`` seconds."""
     frames = []
@@ -224,3 +278,235 @@ async def drain(ws, quiet: float = 1.5) -> list[dict]:
             frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
     except asyncio.TimeoutError:
         return frames
+
+
+# --- A client that stops reading ------------------------------------------------
+
+
+class Kernel(abstract.FileDescriptor):
+    """Twisted's write buffering over a socket that takes ``takes`` bytes per write."""
+
+    def __init__(self, takes: int) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = True
+        self.takes = takes
+
+    def writeSomeData(self, data: bytes) -> int:  # noqa: N802 - twisted's name
+        return min(len(data), self.takes)
+
+
+class Wrapper:
+    """A protocol wrapper (as TLS is): the bytes wait in the transport under it."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+def test_queued_bytes_follows_twisted_buffers():
+    kernel = Kernel(takes=30)
+    assert queued_bytes(kernel) == 0
+    kernel.write(b"a" * 100)  # waits in _tempDataBuffer
+    assert queued_bytes(kernel) == 100
+    kernel.doWrite()  # joined into dataBuffer, 30 sent: offset 30
+    assert queued_bytes(kernel) == 70
+    kernel.write(b"b" * 50)  # dataBuffer[offset:] + _tempDataBuffer
+    assert queued_bytes(kernel) == 120
+    kernel.doWrite()
+    assert queued_bytes(kernel) == 90
+    assert queued_bytes(Wrapper(kernel)) == 90
+    kernel.takes = 1000
+    kernel.doWrite()
+    assert queued_bytes(kernel) == 0
+    assert queued_bytes(object()) == 0  # not a twisted socket: no bound rather than a wrong one
+
+
+def test_a_frame_bigger_than_the_limit_goes_out_and_the_limit_counts_from_its_end(settings, monkeypatch, caplog):
+    settings.CHAT_SEND_BUFFER_LIMIT = 1000
+    kernel = Kernel(takes=0)  # a client that reads nothing
+    kernel.aborted = False
+    kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
+    # autobahn's sendMessage, reduced to the write it ends in.
+    monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
+    protocol = ChatWebSocketProtocol()
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, ["10.0.0.7", 5050], 16384
+    protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
+
+    protocol.sendMessage(b"r" * 5000)  # a big resume page on an empty queue: out whole
+    protocol.sendMessage(b"l" * 900)  # live frames queue behind it up to the limit
+    assert (queued_bytes(kernel), kernel.aborted) == (5900, False)
+    protocol.sendMessage(b"l" * 200)  # 5900 waiting: still under 1000 + 5000
+    assert (queued_bytes(kernel), kernel.aborted) == (6100, False)
+    protocol.sendMessage(b"dropped")  # 6100 > 6000: dropped, connection aborted
+    assert (queued_bytes(kernel), kernel.aborted) == (6100, True)
+    assert "slow reader dropped peer=10.0.0.7:5050 path=/ws/chat/lobby/ queued=6100 bytes limit=1000" in caplog.text
+    protocol.sendMessage(b"after")  # nothing more is written, nothing more is logged
+    assert queued_bytes(kernel) == 6100 and caplog.text.count("slow reader") == 1
+
+
+def test_once_drained_the_limit_counts_from_the_last_small_frame(settings, monkeypatch):
+    settings.CHAT_SEND_BUFFER_LIMIT = 1000
+    kernel = Kernel(takes=0)
+    kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
+    monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
+    protocol = ChatWebSocketProtocol()
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, 16384
+    protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
+    protocol.sendMessage(b"r" * 5000)
+    kernel.takes = 10**6
+    kernel.doWrite()  # the client read it all
+    protocol.sendMessage(b"s" * 10)
+    for _ in range(101):  # 1010 bytes queued behind a 10-byte frame
+        protocol.sendMessage(b"l" * 10)
+    assert not hasattr(kernel, "aborted")
+    protocol.sendMessage(b"l" * 10)  # 1020 > 1000 + 10
+    assert kernel.aborted
+
+
+class StalledClient:
+    """A websocket client that completes the handshake and then never reads.
+
+    Its receive buffer is made small before connecting, so what the server
+    sends soon waits in the server's own buffers.
+    """
+
+    def __init__(self, server: Server, session: str, room: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET /ws/chat/{room}/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {server.base}\r\nCookie: sessionid={session}\r\n\r\n".encode()
+        )
+        response = b""
+        while not response.endswith(b"\r\n\r\n"):  # the response head only, byte by byte
+            response += self.sock.recv(1)
+        assert response.startswith(b"HTTP/1.1 101"), response
+        self.sock.setblocking(False)
+        self.peer = "%s:%s" % self.sock.getsockname()
+
+    async def send(self, frame: dict) -> bool:
+        """Send a masked text frame; False once the server has dropped the connection."""
+        payload = json.dumps(frame).encode()
+        mask = os.urandom(4)
+        assert len(payload) < 126
+        head = struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask
+        data = head + bytes(b ^ mask[n % 4] for n, b in enumerate(payload))
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(self.sock, data), 10)
+        except OSError:
+            return False
+        return True
+
+    async def read_to_end(self, timeout: float) -> int | None:
+        """Read what is left until EOF or reset; return the byte count, None if still open after ``timeout``."""
+        loop, total = asyncio.get_running_loop(), 0
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), max(0.01, deadline - time.monotonic()))
+            except (ConnectionResetError, BrokenPipeError):
+                return total
+            except asyncio.TimeoutError:
+                return None
+            if not chunk:
+                return total
+            total += len(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+SEED_LONG_MESSAGES = """
+from chat.models import Message, Room
+Room.objects.get_or_create(name="slow")
+Message.objects.bulk_create(
+    Message(room_id="slow", author_id="f" * 20, username="seed", text=f"seed-{n:03d} " + "s" * 1990)
+    for n in range(100)
+)
+"""
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(server_env, tmp_path):
+    limit = 65536
+    env = {**server_env, "CHAT_SEND_BUFFER_LIMIT": str(limit), "CHAT_RATE_BURST": "1000", "CHAT_RATE_PER_SECOND": "1000"}
+    manage(env, "shell", "-c", SEED_LONG_MESSAGES)
+    server = Server(env, tmp_path / "daphne.log")
+    stalled = None
+    try:
+        room = "slow"
+        async with server.ws(server.browser(room), room=room) as listener, \
+                server.ws(server.browser(room), room=room) as talker:
+            await recv(listener, "welcome")
+            await recv(talker, "welcome")
+            stalled = StalledClient(server, server.browser(room), room)
+            sent_at: dict[str, float] = {}
+            delays: dict[str, float] = {}
+            people: list[int] = []
+
+            async def listen() -> None:
+                async for raw in listener:
+                    frame = json.loads(raw)
+                    if frame["type"] == "chat" and frame["text"].startswith("probe-"):
+                        name = frame["text"].split()[0]
+                        delays[name] = time.monotonic() - sent_at[name]
+                    elif frame["type"] == "presence":
+                        people.append(len(frame["users"]))
+
+            async def probe(count: int) -> None:
+                for n in range(count):
+                    name = f"probe-{len(sent_at):03d}"
+                    sent_at[name] = time.monotonic()
+                    # Long texts: the stalled client is in the room too.
+                    await talker.send(json.dumps({"type": "chat", "text": f"{name} " + "p" * 1900}))
+                    await asyncio.sleep(0.2)
+
+            listening = asyncio.create_task(listen())
+            probing = asyncio.create_task(probe(10_000))
+            # Each history page (100 long messages) is about 200 KiB for a
+            # client that reads none of it.
+            dropped_within = None
+            started = time.monotonic()
+            for n in range(400):
+                if not await stalled.send({"type": "history", "limit": 100}):
+                    break
+                await asyncio.sleep(0.05)
+                if n % 5 == 0 and "slow reader dropped" in server.log_path.read_text(errors="replace"):
+                    break
+            dropped_within = time.monotonic() - started
+            probing.cancel()
+            # The stalled socket ends soon (EOF or reset), not at daphne's
+            # ping timeout (20 s + 30 s without a pong).
+            leftover = await stalled.read_to_end(timeout=15)
+            await probe(5)  # the room goes on after the drop
+            deadline = time.monotonic() + 10
+            while (set(delays) != set(sent_at) or people[-1:] != [2]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            listening.cancel()
+
+        log = server.log_path.read_text(errors="replace")
+        assert leftover is not None, "the stalled socket was still open 15 s after the history flood"
+        dropped = re.findall(r"slow reader dropped peer=(\S+) path=(\S+) queued=(\d+) bytes limit=(\d+)", log)
+        assert dropped, f"no drop logged after {dropped_within:.1f} s:\n{log[-3000:]}"
+        peer, path, queued, logged_limit = dropped[0]
+        assert (peer, path, logged_limit) == (stalled.peer, f"/ws/chat/{room}/", str(limit))
+        assert int(queued) > limit
+        assert leftover < 16 * 1024 * 1024  # what the kernels held, not everything the server was asked for
+        # The consumer saw the disconnect and cleaned up: the room shows two people.
+        assert re.search(rf"disconnected room={room} author=\w+ code=1006", log), log[-3000:]
+        assert "disconnect cleanup failed" not in log  # it left the hub, its group and presence
+        assert people[-1] == 2, people
+        # Every probe reached the listener promptly, before and after the drop.
+        assert set(delays) == set(sent_at) and len(sent_at) >= 6
+        assert max(delays.values()) < 2, sorted(delays.values())[-5:]
+        # No message text in the log.
+        assert "ssssssssss" not in log and "pppppppppp" not in log
+        assert server.process.poll() is None
+        with urllib.request.urlopen(f"{server.base}/healthz", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        if stalled is not None:
+            stalled.close()
+        server.stop()
