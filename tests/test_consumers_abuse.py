@@ -1,4 +1,5 @@
-"""Abuse through the real consumer: floods of messages, renames and sockets from one identity.
+"""Abuse through the real consumer: hostile texts and names, and floods of
+messages, renames and sockets from one identity.
 
 With REDIS_URL set, the rate limits and the socket count live in Redis, as in
 production with several server processes.
@@ -21,6 +22,85 @@ BURST, RATE = 10, 1.0
 def default_limits(settings):
     settings.CHAT_RATE_BURST = BURST
     settings.CHAT_RATE_PER_SECOND = RATE
+
+
+# --- Hostile texts and names ----------------------------------------------------
+
+HOSTILE_TEXTS = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)"><a href="javascript:alert(1)">click</a>',
+    "javascript:alert(document.cookie)",
+    "\u202eevil.exe\u202c reversed",  # right-to-left override
+    "zero\u200bwidth\ufeffbom\u2060joiner",
+    "\u2066isolate\u2069 and \u200fmarks\u200e",
+    "line\u2028separator",
+    "tab\tand\nnew line",
+    "&lt;already escaped&gt; &amp;",
+]
+
+
+async def test_hostile_texts_are_stored_and_sent_as_given_after_trimming():
+    tab, other = await open_tab(await new_browser()), await open_tab(await new_browser())
+    for t in (tab, other):
+        await t.quiet()
+    for n, text in enumerate(HOSTILE_TEXTS):
+        await tab.send({"type": "chat", "text": f"  {text} \n", "client_id": f"h{n}"})
+        echo = await tab.recv_type("chat")
+        assert echo["text"] == text and echo["client_id"] == f"h{n}"
+        assert (await other.recv_type("chat"))["text"] == text
+    stored = await database_sync_to_async(lambda: list(Message.objects.order_by("pk").values_list("text", flat=True)))()
+    assert stored == HOSTILE_TEXTS
+    for t in (tab, other):
+        await t.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u202eAdmin",  # right-to-left override
+        "Ad\u202dmin",  # left-to-right override
+        "\u2067Admin\u2069",  # right-to-left isolate
+        "Ad\u200bmin",  # zero-width space
+        "\ufeffAdmin",  # byte order mark (zero-width no-break space)
+        "Ad\u200emin",  # left-to-right mark
+        "Ad\u00admin",  # soft hyphen
+        "Ad\x00min",
+        "Ad\x1b[31mmin",  # terminal escape
+        "Ad\x7fmin",
+        "Ad\u2028min",
+    ],
+)
+async def test_invisible_and_control_characters_in_names_are_refused(name):
+    key = await new_browser()
+    tab = await open_tab(key)
+    await tab.send({"type": "rename", "username": "Ada"})
+    await tab.recv_type("identity")
+    await tab.quiet()
+    await tab.send({"type": "rename", "username": name})
+    error = await tab.recv_type("error")
+    assert error["code"] == "invalid_username"
+    assert await tab.silent()  # no identity, renamed or presence change
+    rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
+    assert rows == ["Ada"]
+    await tab.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "javascript:alert(1)", '"><b>x</b>', "&amp;"]
+)
+async def test_html_looking_names_are_just_names(name):
+    tab, other = await open_tab(await new_browser()), await open_tab(await new_browser())
+    await other.quiet()
+    await tab.send({"type": "rename", "username": name})
+    assert await tab.recv_type("identity") == {"type": "identity", "username": name}
+    assert (await other.recv_type("renamed"))["username"] == name
+    await tab.send({"type": "chat", "text": "hi"})
+    assert (await other.recv_type("chat"))["username"] == name
+    for t in (tab, other):
+        await t.close()
+
+
+# --- Floods ------------------------------------------------------------------------
 
 
 async def answers(tab: Tab, client_ids: set[str]) -> dict[str, dict]:
