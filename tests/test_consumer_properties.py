@@ -172,7 +172,7 @@ def test_every_frame_gets_the_contract_answer_and_changes_only_what_it_may(socke
 
     @hypothesis_settings(
         max_examples=200, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(st.one_of(frames, likely_valid))
     def check(value: Any) -> None:
