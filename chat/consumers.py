@@ -21,6 +21,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from chat import events, protocol, selectors, services
+from chat.connections import get_connections
 from chat.fanout import get_hub
 from chat.identity import Identity
 from chat.presence import Tab, get_presence
@@ -52,6 +53,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.room: str = self.scope["url_route"]["kwargs"]["room"]
         self.presence = get_presence()
         self.rate_limiter = get_rate_limiter()
+        self.connections = get_connections()
         self.hub = get_hub()
         self.heartbeat: asyncio.Task[None] | None = None
         user = self.scope.get("user")
@@ -68,6 +70,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if identity is None:
             logger.info("connect closed room=%s: no valid session", self.room)
             await self.close(code=protocol.CLOSE_NO_SESSION)
+            return
+        if not await self.admit(identity):
             return
         self.identity = identity
         self.early = []
@@ -117,6 +121,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # group member costs every later broadcast until it expires.
             await self.hub.leave(self.room, self)
             await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
+            await self.connections.close(author_id=self.identity.author_id, conn=self.channel_name)
             if await self.presence.leave(room=self.room, conn=self.channel_name):
                 await self.announce_presence()
         except UNAVAILABLE as exc:
@@ -290,10 +295,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(settings.CHAT_PRESENCE_TTL / 3)
             try:
+                await self.connections.refresh(author_id=self.tab().author_id, conn=self.channel_name)
                 if await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab()):
                     await self.announce_presence()
             except UNAVAILABLE as exc:
                 logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
+
+    async def admit(self, identity: Identity) -> bool:
+        """Count this socket against its identity's cap; close it when over (or when uncountable)."""
+        try:
+            admitted = await self.connections.open(author_id=identity.author_id, conn=self.channel_name)
+        except UNAVAILABLE as exc:
+            logger.warning("connect closed room=%s: socket count unavailable (%s)", self.room, exc.__class__.__name__)
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return False
+        if not admitted:
+            logger.info("connect closed room=%s author=%s: over %s sockets",
+                        self.room, identity.author_id, settings.CHAT_MAX_SOCKETS_PER_IDENTITY)
+            await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
+        return admitted
 
     async def within_rate(self, *, action: str, client_id: str | None) -> bool:
         assert self.identity is not None

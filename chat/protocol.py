@@ -38,6 +38,8 @@ ERROR_CODES = frozenset(
 # Close codes the server uses.
 CLOSE_NO_SESSION = 4401
 CLOSE_BINARY_FRAME = 4003
+# More sockets than CHAT_MAX_SOCKETS_PER_IDENTITY: the client waits and retries.
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 
 class FrameError(Exception):

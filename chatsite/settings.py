@@ -159,6 +159,8 @@ CHAT_STALE_SETTINGS_DAYS = env.int("CHAT_STALE_SETTINGS_DAYS", default=100)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=10)
 CHAT_RATE_PER_SECOND = env.float("CHAT_RATE_PER_SECOND", default=1.0)
 CHAT_PRESENCE_TTL = env.float("CHAT_PRESENCE_TTL", default=60.0)
+# Open sockets one identity may hold, across all rooms and server processes.
+CHAT_MAX_SOCKETS_PER_IDENTITY = env.int("CHAT_MAX_SOCKETS_PER_IDENTITY", default=20)
 # Presence changes within this (times 1 + local sockets / 100, at most 2 s)
 # share one presence frame.
 CHAT_PRESENCE_SETTLE = env.float("CHAT_PRESENCE_SETTLE", default=0.1)

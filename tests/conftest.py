@@ -19,7 +19,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import presence, ratelimit
+from chat import connections, presence, ratelimit
 from chat.identity import ensure_session_id
 from tests.servers import Server, server_environment
 
@@ -57,10 +57,11 @@ def isolated_state(settings) -> Iterator[None]:
     if "prefix" in layers["default"].get("CONFIG", {}):
         layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{run}"
     settings.CHANNEL_LAYERS = layers  # the setting_changed signal resets the layer
-    saved = presence._local, ratelimit._local
+    saved = presence._local, ratelimit._local, connections._local
     presence._local, ratelimit._local = presence.LocalPresence(), ratelimit.LocalRateLimiter()
+    connections._local = connections.LocalConnections()
     yield
-    presence._local, ratelimit._local = saved
+    presence._local, ratelimit._local, connections._local = saved
 
 
 def make_session(*, user=None) -> SessionStore:

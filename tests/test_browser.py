@@ -287,6 +287,26 @@ def test_html_script_and_bidi_show_as_plain_text(new_browser):
     expect(name_field(page)).to_have_value(HOSTILE_NAME)
 
 
+def test_a_tab_over_the_socket_cap_says_so_and_waits_before_retrying(chromium, server_env, tmp_path):
+    capped = Server({**server_env, "CHAT_MAX_SOCKETS_PER_IDENTITY": "1"}, tmp_path / "capped.log")
+    try:
+        browser = chromium.new_context(base_url=capped.base)
+        first = open_room(browser)
+        second = browser.new_page()
+        sockets = []
+        second.on("websocket", lambda socket: sockets.append(socket))
+        second.goto("/chat/lobby/")
+        expect(status(second)).to_have_text("too many tabs open")
+        # Not the usual quick reconnects: one attempt, then a long wait.
+        second.wait_for_timeout(3_000)
+        assert len(sockets) == 1
+        expect(status(second)).to_have_text("too many tabs open")
+        expect(status(first)).to_have_text("connected")
+        browser.close()
+    finally:
+        capped.stop()
+
+
 # 7. Staff ----------------------------------------------------------------------------
 
 

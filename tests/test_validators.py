@@ -17,6 +17,8 @@ from chat import validators
         ("👨\u200d👩\u200d👧", "👨\u200d👩\u200d👧"),
         ("🧑🏽\u200d🚀", "🧑🏽\u200d🚀"),  # skin tone modifier before the joiner
         ("名前", "名前"),
+        ("<script>alert(1)</script>", "<script>alert(1)</script>"),  # just text; escaped when shown
+        ("javascript:alert(1)", "javascript:alert(1)"),
     ],
 )
 def test_check_username_normalizes(raw, expected):
@@ -31,6 +33,10 @@ def test_check_username_normalizes(raw, expected):
         "x" * 33,
         "evil\u202etxt.exe",  # right-to-left override (Cf)
         "a\u200bb",  # zero-width space (Cf)
+        "\ufeffAda",  # byte order mark / zero-width no-break space (Cf)
+        "a\u2066b\u2069",  # bidi isolate (Cf)
+        "a\u200fb",  # right-to-left mark (Cf)
+        "<b>\u202d</b>",  # an override inside HTML-looking text
         "a\u200db",  # ZWJ between letters, not emoji
         "\u200d👩",  # ZWJ at the start
         "line\u2028break",  # line separator (Zl)

@@ -101,6 +101,36 @@ def test_first_render_holds_the_name_and_newest_50_oldest_first(client):
     assert "message 9 " not in html
 
 
+HOSTILE_NAME = '"><script>alert(1)</script>'
+HOSTILE_TEXTS = [
+    "<script>alert(1)</script>",
+    '</script><img src=x onerror="alert(1)"><a href="javascript:alert(1)">click</a>',
+    "\u202eevil.exe\u202c zero\u200bwidth\ufeff",
+]
+
+
+def test_hostile_names_and_texts_are_escaped_in_the_first_render(client):
+    client.get("/chat/lobby/")
+    services.rename_visitor(session_id=session_id_of(client), username=HOSTILE_NAME, previous="g")
+    author = Identity(session_id_of(client), author_id_for(session_id_of(client)), HOSTILE_NAME, False)
+    for text in HOSTILE_TEXTS:
+        services.post_message(identity=author, room="lobby", text=text, client_id=None)
+    html = client.get("/chat/lobby/").content.decode()
+
+    # Only the page's own two scripts (its config and its module); no tag from a visitor.
+    assert html.count("<script") == 2
+    assert "<img" not in html and 'href="javascript' not in html
+    assert 'value="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in html
+    assert 'data-testid="message-author" dir="auto">&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;</span>' in html
+    assert 'dir="auto">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in html
+    # Bidi and zero-width characters are kept, inside their own dir=auto element.
+    assert 'data-testid="message-text" dir="auto">\u202eevil.exe\u202c zero\u200bwidth\ufeff</span>' in html
+    # The config the client starts from holds the same texts, with "</script>" unable to end its tag.
+    config = html.split('<script id="chat-config" type="application/json">')[1].split("</script>")[0]
+    data = json.loads(config)
+    assert [m["text"] for m in data["messages"]] == HOSTILE_TEXTS and data["username"] == HOSTILE_NAME
+
+
 def test_guest_sees_the_stable_guest_name(client):
     client.get("/chat/lobby/")
     guest = guest_name_for(author_id_for(session_id_of(client)))

@@ -232,6 +232,12 @@ function connect() {
       location.reload();
       return;
     }
+    if (event.code === 4429) {
+      // Too many sockets for this browser: wait for some tabs to close.
+      setStatus("too many tabs open");
+      setTimeout(connect, 30000 + Math.random() * 10000);
+      return;
+    }
     state.attempt += 1;
     // Exponential backoff with full jitter, so a restarted server is not
     // hit by every client at the same moment.

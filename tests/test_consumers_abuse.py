@@ -1,0 +1,258 @@
+"""Abuse through the real consumer: hostile texts and names, and floods of
+messages, renames and sockets from one identity.
+
+With REDIS_URL set, the rate limits and the socket count live in Redis, as in
+production with several server processes.
+"""
+
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat.models import Message, VisitorSettings
+from tests.test_consumers import TIMEOUT, Tab, new_browser, open_tab
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BURST, RATE = 10, 1.0
+
+
+@pytest.fixture
+def default_limits(settings):
+    settings.CHAT_RATE_BURST = BURST
+    settings.CHAT_RATE_PER_SECOND = RATE
+
+
+# --- Hostile texts and names ----------------------------------------------------
+
+HOSTILE_TEXTS = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)"><a href="javascript:alert(1)">click</a>',
+    "javascript:alert(document.cookie)",
+    "\u202eevil.exe\u202c reversed",  # right-to-left override
+    "zero\u200bwidth\ufeffbom\u2060joiner",
+    "\u2066isolate\u2069 and \u200fmarks\u200e",
+    "line\u2028separator",
+    "tab\tand\nnew line",
+    "&lt;already escaped&gt; &amp;",
+]
+
+
+async def test_hostile_texts_are_stored_and_sent_as_given_after_trimming():
+    tab, other = await open_tab(await new_browser()), await open_tab(await new_browser())
+    for t in (tab, other):
+        await t.quiet()
+    for n, text in enumerate(HOSTILE_TEXTS):
+        await tab.send({"type": "chat", "text": f"  {text} \n", "client_id": f"h{n}"})
+        echo = await tab.recv_type("chat")
+        assert echo["text"] == text and echo["client_id"] == f"h{n}"
+        assert (await other.recv_type("chat"))["text"] == text
+    stored = await database_sync_to_async(lambda: list(Message.objects.order_by("pk").values_list("text", flat=True)))()
+    assert stored == HOSTILE_TEXTS
+    for t in (tab, other):
+        await t.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u202eAdmin",  # right-to-left override
+        "Ad\u202dmin",  # left-to-right override
+        "\u2067Admin\u2069",  # right-to-left isolate
+        "Ad\u200bmin",  # zero-width space
+        "\ufeffAdmin",  # byte order mark (zero-width no-break space)
+        "Ad\u200emin",  # left-to-right mark
+        "Ad\u00admin",  # soft hyphen
+        "Ad\x00min",
+        "Ad\x1b[31mmin",  # terminal escape
+        "Ad\x7fmin",
+        "Ad\u2028min",
+    ],
+)
+async def test_invisible_and_control_characters_in_names_are_refused(name):
+    key = await new_browser()
+    tab = await open_tab(key)
+    await tab.send({"type": "rename", "username": "Ada"})
+    await tab.recv_type("identity")
+    await tab.quiet()
+    await tab.send({"type": "rename", "username": name})
+    error = await tab.recv_type("error")
+    assert error["code"] == "invalid_username"
+    assert await tab.silent()  # no identity, renamed or presence change
+    rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
+    assert rows == ["Ada"]
+    await tab.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "javascript:alert(1)", '"><b>x</b>', "&amp;"]
+)
+async def test_html_looking_names_are_just_names(name):
+    tab, other = await open_tab(await new_browser()), await open_tab(await new_browser())
+    await other.quiet()
+    await tab.send({"type": "rename", "username": name})
+    assert await tab.recv_type("identity") == {"type": "identity", "username": name}
+    assert (await other.recv_type("renamed"))["username"] == name
+    await tab.send({"type": "chat", "text": "hi"})
+    assert (await other.recv_type("chat"))["username"] == name
+    for t in (tab, other):
+        await t.close()
+
+
+# --- Floods ------------------------------------------------------------------------
+
+
+async def answers(tab: Tab, client_ids: set[str]) -> dict[str, dict]:
+    """Read ``tab``'s frames until each of ``client_ids`` is answered (echo or error)."""
+    found: dict[str, dict] = {}
+    while not client_ids <= found.keys():
+        frame = await tab.recv()
+        if frame.get("client_id") in client_ids and frame["type"] in {"chat", "error"}:
+            assert frame["client_id"] not in found, f"answered twice: {frame}"
+            found[frame["client_id"]] = frame
+    return found
+
+
+async def still_alive(tab: Tab) -> None:
+    await tab.send({"type": "ping"})
+    await tab.recv_type("pong")
+
+
+async def test_a_chat_flood_over_ten_tabs_is_cut_to_the_token_bucket(default_limits):
+    ada, grace = await new_browser(), await new_browser()
+    tabs = [await open_tab(ada) for _ in range(10)]
+    watcher = await open_tab(grace)
+    for tab in (*tabs, watcher):
+        await tab.quiet()
+
+    started = time.monotonic()
+    sent: list[set[str]] = [set() for _ in tabs]
+    for n in range(200):
+        await tabs[n % 10].send({"type": "chat", "text": f"flood {n}", "client_id": f"f{n}"})
+        sent[n % 10].add(f"f{n}")
+        if n % 40 == 0:  # Grace chats in the middle of it
+            await watcher.send({"type": "chat", "text": f"grace {n}", "client_id": f"g{n}"})
+    replies: dict[str, dict] = {}
+    for tab, mine in zip(tabs, sent):
+        replies |= await answers(tab, mine)
+    elapsed = time.monotonic() - started
+
+    accepted = {cid for cid, frame in replies.items() if frame["type"] == "chat"}
+    refused = [frame for frame in replies.values() if frame["type"] == "error"]
+    assert len(accepted) + len(refused) == 200
+    assert all(f["code"] == "rate_limited" and f["retry_after"] > 0 for f in refused)
+    assert BURST <= len(accepted) <= BURST + RATE * elapsed + 1
+    stored = await database_sync_to_async(
+        lambda: dict(Message.objects.values_list("client_id", "pk"))
+    )()
+    assert {cid for cid in stored if cid.startswith("f")} == accepted
+
+    # Grace was not limited, and saw every stored message, hers and Ada's.
+    grace_ids = {cid for cid in stored if cid.startswith("g")}
+    assert grace_ids == {f"g{n}" for n in range(0, 200, 40)}
+    seen: set[int] = set()
+    while seen != set(stored.values()):
+        frame = await watcher.recv()
+        assert frame["type"] != "error", frame
+        if frame["type"] == "chat":
+            seen.add(frame["id"])
+    for tab in (*tabs, watcher):
+        await still_alive(tab)
+        await tab.close()
+
+
+async def test_a_rename_flood_is_throttled_by_its_own_bucket(default_limits):
+    key = await new_browser()
+    tab, other_tab = await open_tab(key), await open_tab(key)
+    for t in (tab, other_tab):
+        await t.quiet()
+
+    started = time.monotonic()
+    for n in range(50):
+        await tab.send({"type": "rename", "username": f"name {n}"})
+    named: list[str] = []
+    refused = []
+    while len(named) + len(refused) < 50:
+        frame = await tab.recv()
+        if frame["type"] == "identity":
+            named.append(frame["username"])
+        elif frame["type"] == "error":
+            refused.append(frame)
+    elapsed = time.monotonic() - started
+
+    assert all(f["code"] == "rate_limited" and f["retry_after"] > 0 for f in refused)
+    assert BURST <= len(named) <= BURST + RATE * elapsed + 1
+    # One settings row, holding the last accepted name; the other tab shows it too.
+    rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
+    last = max(named, key=lambda name: int(name.split()[1]))
+    assert rows == [last]
+    shown = None
+    while shown != last:
+        shown = (await other_tab.recv_type("identity"))["username"]
+    # Chat has a bucket of its own: still allowed.
+    await tab.send({"type": "chat", "text": "still here", "client_id": "c"})
+    assert (await tab.recv_type("chat"))["username"] == last
+    await tab.close()
+    await other_tab.close()
+
+
+async def refused_with_4429(tab: Tab) -> bool:
+    """Open ``tab``; True if it was closed for too many connections, False if welcomed."""
+    connected, _ = await tab.comm.connect(timeout=TIMEOUT)
+    assert connected  # accepted, then closed: the client waits and retries
+    first = await tab.comm.receive_output(timeout=TIMEOUT)
+    if first["type"] == "websocket.close":
+        assert first == {"type": "websocket.close", "code": 4429, "reason": "too many connections"}
+        return True
+    assert first["type"] == "websocket.send"
+    return False
+
+
+def tabs_of(presence: dict) -> dict[str, int]:
+    return {user["author_id"]: user["tabs"] for user in presence["users"]}
+
+
+async def test_sockets_over_the_cap_are_closed_with_4429_others_unaffected(settings):
+    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 3
+    ada, grace = await new_browser(), await new_browser()
+    mine = [Tab(ada, room) for room in ("lobby", "other", "lobby")]  # the cap spans rooms
+    ada_id = (await mine[0].open())["author_id"]
+    for tab in mine[1:]:
+        await tab.open()
+    grace_tab = Tab(grace)
+    await grace_tab.open()
+    assert tabs_of(await grace_tab.recv_type("presence"))[ada_id] == 2
+    await grace_tab.quiet()
+
+    extra = Tab(ada)
+    assert await refused_with_4429(extra)
+    await extra.close()
+    assert await grace_tab.silent()  # the refused socket never showed up in the room
+
+    await mine[0].close()
+    assert tabs_of(await grace_tab.recv_type("presence"))[ada_id] == 1
+    again = Tab(ada)
+    assert not await refused_with_4429(again)  # the closed socket's place is free
+    for tab in (again, *mine[1:], grace_tab):
+        await still_alive(tab)
+        await tab.close()
+
+
+async def test_a_hundred_sockets_from_one_identity_stop_at_the_default_cap(settings):
+    assert settings.CHAT_MAX_SOCKETS_PER_IDENTITY == 20
+    ada, grace = await new_browser(), await new_browser()
+    grace_before = await open_tab(grace)
+    tabs = [Tab(ada) for _ in range(100)]
+    refused = [await refused_with_4429(tab) for tab in tabs]
+    assert refused.count(False) == 20 and refused.count(True) == 80
+    # Grace is not limited by Ada's sockets, and the room shows Ada's 20 tabs.
+    grace_after = Tab(grace)
+    welcome = await grace_after.open()
+    people = tabs_of(await grace_after.recv_type("presence"))
+    assert people.pop(welcome["author_id"]) == 2
+    assert list(people.values()) == [20]
+    for tab in (grace_before, grace_after):
+        await still_alive(tab)
+    for tab in (*tabs, grace_before, grace_after):
+        await tab.close()
