@@ -179,11 +179,17 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# One handler, on the root logger: daphne's command line has already given the
+# root a handler (logging.basicConfig) by the time Django configures logging,
+# and configuring the root replaces it, so every record is printed once.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-8s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": env.str("CHAT_LOG_LEVEL", default="INFO")},
+        "chat": {"level": env.str("CHAT_LOG_LEVEL", default="INFO")},
+        "daphne": {"level": "INFO"},
     },
 }

@@ -155,8 +155,18 @@ async def test_room_idle_longer_than_5_seconds_still_delivers(server):
 
 
 @pytest.mark.redis
-async def test_hundreds_of_sockets_closing_at_once_leave_no_group_members(server, server_env):
+async def test_hundreds_of_sockets_closing_at_once_leave_no_group_members(server_env, tmp_path):
     # redis-py 8's 100-connection pool cap failed these group removals.
+    # One browser's 300 tabs: past the default cap on sockets per identity.
+    server_env = {**server_env, "CHAT_MAX_SOCKETS_PER_IDENTITY": "1000"}
+    server = Server(server_env, tmp_path / "daphne.log")
+    try:
+        await _hundreds_closing(server, server_env)
+    finally:
+        server.stop()
+
+
+async def _hundreds_closing(server: Server, server_env: dict[str, str]) -> None:
     room = "crowd"
     session = server.browser(room)
     sockets = []
