@@ -83,7 +83,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
             last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
             self.hub.start_from(self.room, last_id)
-            snapshot = await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
+            await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
+            presence_version, presence = await self.hub.presence_for_joiner(self.room, self.channel_name, self.tab())
             await self.send(
                 text_data=protocol.welcome_frame(
                     room=self.room,
@@ -95,7 +96,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             early, self.early = self.early, None
             self.live_after = last_id or 0
-            await self.deliver_presence(snapshot.version, protocol.presence_frame(room=self.room, users=snapshot.users))
+            await self.deliver_presence(presence_version, presence)
             for frame, message_id in early:
                 await self.deliver(frame, message_id)
             if self.presence_missed:

@@ -4,12 +4,15 @@ Each tab's entry expires ``CHAT_PRESENCE_TTL`` seconds after its last
 heartbeat, so a server process that dies leaves no ghosts: the next join,
 leave or heartbeat in that room prunes the expired entries. Every change bumps
 the room's version, so a socket is never sent a snapshot older than one it
-has. Only ``join`` and ``snapshot`` read the room's list; the other changes
-just say whether anything changed (the room hub then reads it once).
+has. Only ``snapshot`` reads the room's list; the changes just say whether
+(or, for a join, at which version) the room changed. The room hub reads the
+list once per burst of changes, and once for all the tabs joining at the same
+moment, so a crowd joining costs no list read per join.
 
 Without ``REDIS_URL`` the store is a dict in this process.
 """
 
+import bisect
 import json
 import time
 from collections.abc import Iterable
@@ -42,10 +45,11 @@ class PresenceUser:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A room's people after a change, and the change's version."""
+    """A room's people after a change, the change's version, and the tabs (connections) counted."""
 
     version: int
     users: list[PresenceUser]
+    conns: frozenset[str]
 
 
 def aggregate(tabs: Iterable[Tab]) -> list[PresenceUser]:
@@ -59,12 +63,27 @@ def aggregate(tabs: Iterable[Tab]) -> list[PresenceUser]:
             verified=tab.verified or (known.verified if known else False),
             tabs=(known.tabs if known else 0) + 1,
         )
-    return sorted(people.values(), key=lambda user: (user.username.casefold(), user.author_id))
+    return sorted(people.values(), key=_order)
+
+
+def _order(user: PresenceUser) -> tuple[str, str]:
+    return (user.username.casefold(), user.author_id)
+
+
+def with_tab(users: list[PresenceUser], tab: Tab) -> list[PresenceUser]:
+    """Return ``users`` (sorted, as ``aggregate`` gives) with one more tab counted."""
+    for index, user in enumerate(users):
+        if user.author_id == tab.author_id:
+            counted = PresenceUser(user.author_id, user.username, user.verified or tab.verified, user.tabs + 1)
+            return [*users[:index], counted, *users[index + 1:]]
+    added = PresenceUser(tab.author_id, tab.username, tab.verified, 1)
+    position = bisect.bisect(users, _order(added), key=_order)
+    return [*users[:position], added, *users[position:]]
 
 
 class PresenceStore(Protocol):
-    async def join(self, *, room: str, conn: str, tab: Tab) -> Snapshot:
-        """Add a tab to ``room``."""
+    async def join(self, *, room: str, conn: str, tab: Tab) -> int:
+        """Add a tab to ``room``; return the room's new version."""
 
     async def leave(self, *, room: str, conn: str) -> bool:
         """Remove a tab; False when it was not there (already expired)."""
@@ -90,13 +109,13 @@ class LocalPresence:
         self._versions: dict[str, int] = {}
         self._claims: dict[str, float] = {}
 
-    def _snapshot(self, room: str) -> Snapshot:
+    def _bump(self, room: str) -> int:
         self._versions[room] = self._versions.get(room, 0) + 1
-        return Snapshot(self._versions[room], aggregate(self._rooms.get(room, {}).values()))
+        return self._versions[room]
 
-    async def join(self, *, room: str, conn: str, tab: Tab) -> Snapshot:
+    async def join(self, *, room: str, conn: str, tab: Tab) -> int:
         self._rooms.setdefault(room, {})[conn] = tab
-        return self._snapshot(room)
+        return self._bump(room)
 
     async def leave(self, *, room: str, conn: str) -> bool:
         tabs = self._rooms.get(room, {})
@@ -117,7 +136,8 @@ class LocalPresence:
         return False  # entries die with the process that holds them
 
     async def snapshot(self, *, room: str) -> Snapshot:
-        return self._snapshot(room)
+        tabs = self._rooms.get(room, {})
+        return Snapshot(self._bump(room), aggregate(tabs.values()), frozenset(tabs))
 
     async def claim(self, key: str) -> bool:
         now = time.monotonic()
@@ -154,13 +174,12 @@ if changed then
   -- are lost (a Redis restart) while consumers remember an old version.
   local v = math.max(now * 1000, tonumber(redis.call('GET', version) or '0') + 1)
   redis.call('SET', version, string.format('%d', v), 'PX', ttl * 2)
-  if with_list then return {v, redis.call('HVALS', tabs)} end
+  if with_list then return {v, redis.call('HGETALL', tabs)} end
   return {v}
 end
 return false
 """
 _JOIN = """
-with_list = true
 redis.call('HSET', tabs, ARGV[2], ARGV[3])
 redis.call('ZADD', expiry, now + ttl, ARGV[2])
 changed = true
@@ -222,13 +241,9 @@ class RedisPresence:
     def _ttl_ms() -> int:
         return int(settings.CHAT_PRESENCE_TTL * 1000)
 
-    @staticmethod
-    def _snapshot_of(reply: list) -> Snapshot:
-        version, raw_tabs = reply  # join and snapshot always change the room
-        return Snapshot(int(version), aggregate(_decode(raw) for raw in raw_tabs))
-
-    async def join(self, *, room: str, conn: str, tab: Tab) -> Snapshot:
-        return self._snapshot_of(await self._join(self._keys(room), [self._ttl_ms(), conn, _encode(tab)]))
+    async def join(self, *, room: str, conn: str, tab: Tab) -> int:
+        (version,) = await self._join(self._keys(room), [self._ttl_ms(), conn, _encode(tab)])
+        return int(version)  # a join always changes the room
 
     async def leave(self, *, room: str, conn: str) -> bool:
         return bool(await self._leave(self._keys(room), [self._ttl_ms(), conn]))
@@ -240,7 +255,9 @@ class RedisPresence:
         return bool(await self._heartbeat(self._keys(room), [self._ttl_ms(), conn, _encode(tab)]))
 
     async def snapshot(self, *, room: str) -> Snapshot:
-        return self._snapshot_of(await self._snapshot(self._keys(room), [self._ttl_ms()]))
+        version, flat = await self._snapshot(self._keys(room), [self._ttl_ms()])
+        conns, raw_tabs = flat[0::2], flat[1::2]  # HGETALL: conn, tab, conn, tab, ...
+        return Snapshot(int(version), aggregate(_decode(raw) for raw in raw_tabs), frozenset(conns))
 
     async def claim(self, key: str) -> bool:
         return bool(await self._client.set(redis_client.key("claim", key), "1", nx=True, px=60_000))

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from chat.presence import LocalPresence, RedisPresence, Tab
+from chat.presence import LocalPresence, RedisPresence, Tab, aggregate, with_tab
 
 ADA = Tab("a" * 20, "Ada", False)
 GRACE = Tab("g" * 20, "Grace", True)
@@ -21,9 +21,11 @@ async def store(request):
 
 async def test_join_leave_and_rename_report_changes_and_snapshots_follow(store):
     first = await store.join(room="r", conn="c1", tab=ADA)
-    assert people(first) == [("Ada", 1)]
     second = await store.join(room="r", conn="c2", tab=ADA)
-    assert second.version > first.version and people(second) == [("Ada", 2)]
+    assert second > first
+    joined = await store.snapshot(room="r")
+    assert joined.version > second and people(joined) == [("Ada", 2)]
+    assert joined.conns == {"c1", "c2"}
     await store.join(room="r", conn="c3", tab=GRACE)
 
     assert await store.rename(room="r", author_id=ADA.author_id, username="Ada L.") is True
@@ -32,7 +34,7 @@ async def test_join_leave_and_rename_report_changes_and_snapshots_follow(store):
     assert await store.leave(room="r", conn="c2") is False  # already gone
 
     now = await store.snapshot(room="r")
-    assert now.version > second.version
+    assert now.version > joined.version
     assert people(now) == [("Ada L.", 1), ("Grace", 1)]
     assert [u.verified for u in now.users] == [False, True]
 
@@ -49,3 +51,15 @@ async def test_expired_tabs_are_pruned_and_a_late_heartbeat_brings_one_back(sett
     assert await store.heartbeat(room="r", conn="alive", tab=ADA) is True
     assert people(await store.snapshot(room="r")) == [("Ada", 1)]
     assert await store.leave(room="r", conn="dead") is False
+
+
+def test_with_tab_counts_one_more_tab_in_order():
+    users = aggregate([Tab("b" * 20, "bob", False), Tab("z" * 20, "Zoe", False)])
+    assert [(u.username, u.tabs) for u in with_tab(users, Tab("a" * 20, "Ada", False))] == [
+        ("Ada", 1), ("bob", 1), ("Zoe", 1)
+    ]
+    assert [(u.username, u.tabs) for u in with_tab(users, Tab("z" * 20, "Zoe", True))] == [("bob", 1), ("Zoe", 2)]
+    assert with_tab(users, Tab("z" * 20, "Zoe", True))[1].verified is True
+    # What aggregate would give for the same tabs.
+    tabs = [Tab("b" * 20, "bob", False), Tab("z" * 20, "Zoe", False), Tab("c" * 20, "Cy", True)]
+    assert with_tab(aggregate(tabs[:2]), tabs[2]) == aggregate(tabs)
