@@ -209,10 +209,13 @@ class Nginx:
         self.stop()
         raise RuntimeError("nginx did not come up: " + self.error_log.read_text(errors="replace")[-2000:])
 
-    def upstreams_used(self) -> list[str]:
-        """Return the upstream address of each request in the access log, in order."""
+    def upstreams_used(self, prefix: str) -> list[str]:
+        """Return the replica (``host:port``) of each finished request for a path under ``prefix``.
+
+        nginx logs a request when it ends: a websocket's once it closed.
+        """
         log = (self.dir / "access.log").read_text()
-        return re.findall(r"upstream=(\S+)", log)
+        return re.findall(rf"^\S+ {re.escape(prefix)}\S* \S+ \d+ upstream=(\S+)$", log, re.MULTILINE)
 
     def stop(self) -> None:
         """Stop this nginx: SIGTERM to its master, which ends its worker."""

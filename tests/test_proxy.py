@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -129,6 +128,12 @@ async def test_two_replicas_serve_one_chat_through_nginx(server_env, tmp_path):
                 assert (await recv(a, "chat"))["text"] == "from one replica"  # Ada's own echo
                 await g.send(json.dumps({"type": "chat", "text": "and back", "client_id": "g1"}))
                 assert (await recv(a, "chat"))["text"] == "and back"
+
+        # nginx's own log agrees: the two sockets went to the two replicas.
+        deadline = time.monotonic() + 10
+        while len(nginx.upstreams_used("/ws/")) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert sorted(nginx.upstreams_used("/ws/")) == sorted(f"127.0.0.1:{web.port}" for web in (web1, web2))
 
 
 @pytest.mark.proxy
