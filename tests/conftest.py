@@ -21,7 +21,7 @@ from django.test.utils import CaptureQueriesContext
 
 from chat import connections, presence, ratelimit
 from chat.identity import ensure_session_id
-from tests.servers import Server, server_environment
+from tests.servers import NGINX, Server, server_environment
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -36,6 +36,8 @@ def _missing_service(item: pytest.Item) -> str | None:
         return "needs Redis: set REDIS_URL=redis://… to run it"
     if item.get_closest_marker("browser") and not Path(CHROMIUM).is_file():
         return f"needs Chromium at {CHROMIUM}: apt-get install chromium (or set CHROMIUM=/path)"
+    if item.get_closest_marker("proxy") and not Path(NGINX).is_file():
+        return f"needs nginx at {NGINX}: apt-get install nginx (or set NGINX=/path)"
     return None
 
 

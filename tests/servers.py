@@ -4,10 +4,13 @@ A ``Server`` is started the way a user starts one (``python -m
 chatsite.server``, the daphne CLI that ``make run`` uses) on a free port, and
 waits until ``/healthz`` answers. ``manage()`` runs a management command, or a
 snippet of Django code, against the same database and Redis space as the
-servers of one test.
+servers of one test. ``Nginx`` runs Debian's nginx on the repository's own
+``deploy/nginx.conf``, pointed at a test's servers.
 """
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +27,11 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 DAPHNE_ARGS = ["--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384"]
+NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+# What deploy/nginx.conf says for docker-compose.yml, replaced for a test.
+COMPOSE_LISTEN = "listen 80;"
+COMPOSE_UPSTREAMS = ("server web1:8000;", "server web2:8000;")
 
 
 def free_port() -> int:
@@ -125,3 +133,96 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise ValueError(f"deploy/nginx.conf should hold {old!r} once, holds it {text.count(old)} times")
+    return text.replace(old, new)
+
+
+def render_nginx_conf(*, port: int, upstreams: Sequence[int], replace: Sequence[tuple[str, str]] = ()) -> str:
+    """Return deploy/nginx.conf listening on ``port`` with the replicas on ``upstreams``.
+
+    Only the listen line and the two upstream lines change (plus, for a test
+    that says so, the exact lines in ``replace``); the rest is the file
+    docker-compose.yml mounts.
+    """
+    text = _replace_once(NGINX_CONF.read_text(), COMPOSE_LISTEN, f"listen 127.0.0.1:{port};")
+    for line, upstream in zip(COMPOSE_UPSTREAMS, upstreams, strict=True):
+        text = _replace_once(text, line, f"server 127.0.0.1:{upstream};")
+    for old, new in replace:
+        text = _replace_once(text, old, new)
+    return text
+
+
+# Where the nginx image's own nginx.conf would put it: in http {}. Logs and
+# temporary files stay in the test's directory; one worker, so that the test
+# does not depend on how many cores the machine has.
+NGINX_MAIN = """\
+{user}worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+    log_format upstreams '$request $status upstream=$upstream_addr';
+    access_log {dir}/access.log upstreams;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include {dir}/chat.conf;
+}}
+"""
+
+
+class Nginx:
+    """A private nginx (master and one worker) on a free port, serving ``conf``."""
+
+    def __init__(self, conf: str, port: int, directory: Path) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "chat.conf").write_text(conf)
+        # As root, the worker would run as nobody, who cannot enter pytest's
+        # private temporary directories.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (directory / "nginx.conf").write_text(NGINX_MAIN.format(user=user, dir=directory))
+        self.error_log = directory / "error.log"
+        command = [NGINX, "-e", str(self.error_log), "-p", str(directory), "-c", str(directory / "nginx.conf")]
+        checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
+        if checked.returncode:
+            raise RuntimeError(f"nginx -t refused the configuration:\n{checked.stderr}")
+        self.process = subprocess.Popen(
+            [*command, "-g", f"daemon off; pid {directory / 'nginx.pid'};"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("nginx did not come up: " + self.error_log.read_text(errors="replace")[-2000:])
+
+    def upstreams_used(self, prefix: str) -> list[str]:
+        """Return the replica (``host:port``) of each finished request for a path under ``prefix``.
+
+        nginx logs a request when it ends: a websocket's once it closed.
+        """
+        log = (self.dir / "access.log").read_text()
+        return re.findall(rf"^\S+ {re.escape(prefix)}\S* \S+ \d+ upstream=(\S+)$", log, re.MULTILINE)
+
+    def stop(self) -> None:
+        """Stop this nginx: SIGTERM to its master, which ends its worker."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
