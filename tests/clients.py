@@ -5,8 +5,9 @@ knows), sends ``resume`` after the newest id it has on every new welcome,
 then re-sends every message that got no echo (and was not in the catch-up)
 with its ``client_id``, and retries after ``unavailable`` or
 ``rate_limited``. It records every chat id it
-receives, in the order received, so a test can check that each stored
-message arrived exactly once.
+shows, in the order shown: like the browser, it shows a message once even
+if it arrives twice (a ``resume`` answer can hold a message that also came
+live while the request was on its way), and counts such repeats.
 """
 
 import asyncio
@@ -27,8 +28,10 @@ class ChatClient:
         self.servers = servers
         self.session = session
         self.room = room
-        self.arrivals: list[int] = []  # chat ids, live and from history, as received
-        self.live: list[int] = []  # chat ids received as live broadcasts
+        self.shown: list[int] = []  # chat ids, live and from history, in the order shown
+        self.live: list[int] = []  # of those, the ones that came as live broadcasts
+        self.repeats = 0  # messages that arrived again and were not shown twice
+        self._known: set[int] = set()
         self.last_id: int | None = None
         self.pending: dict[str, str] = {}  # client_id -> text, no echo yet
         self.errors: Counter[str] = Counter()
@@ -93,8 +96,8 @@ class ChatClient:
             else:
                 await self._resend_pending()
         elif kind == "chat":
-            self._record(frame)
-            self.live.append(frame["id"])
+            if self._record(frame):
+                self.live.append(frame["id"])
         elif kind == "history":
             for message in frame["messages"]:
                 self._record(message)
@@ -122,8 +125,14 @@ class ChatClient:
                 self._send({"type": "chat", "text": self.pending[client_id], "client_id": client_id})
             )
 
-    def _record(self, message: dict[str, Any]) -> None:
-        self.arrivals.append(message["id"])
+    def _record(self, message: dict[str, Any]) -> bool:
+        """Show a message unless shown already; True if it is new."""
         self.pending.pop(message.get("client_id") or "", None)
+        if message["id"] in self._known:
+            self.repeats += 1
+            return False
+        self._known.add(message["id"])
+        self.shown.append(message["id"])
         if self.last_id is None or message["id"] > self.last_id:
             self.last_id = message["id"]
+        return True

@@ -8,6 +8,8 @@ servers of one test. ``Nginx`` runs Debian's nginx on the repository's own
 ``deploy/nginx.conf``, pointed at a test's servers.
 """
 
+import asyncio
+import json
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import pytest
 import websockets
 from django.conf import settings
 from django.db import connection
@@ -226,3 +229,34 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+# --- Reading a real socket ------------------------------------------------------
+
+
+async def recv(ws, kinds: str | tuple[str, ...], timeout: float = 10) -> dict:
+    """The next frame of one of ``kinds``, skipping others (presence comes and goes)."""
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
+        if frame["type"] in kinds:
+            return frame
+
+
+async def closed_with(ws) -> int:
+    """The close code the server sent (1006: none, the connection just ended)."""
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        for _ in range(10):
+            await asyncio.wait_for(ws.recv(), 5)
+    return info.value.rcvd.code if info.value.rcvd else 1006
+
+
+async def drain(ws, quiet: float = 1.5) -> list[dict]:
+    """Every frame until the socket has been quiet for ``quiet`` seconds."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
+    except asyncio.TimeoutError:
+        return frames

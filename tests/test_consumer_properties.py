@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from chat import redis_client, validators
 from chat.models import Message, VisitorSettings
-from tests.test_consumers import Tab, new_browser, open_tab
+from tests.tabs import Tab, new_browser, open_tab
 from tests.test_protocol_properties import MAX_FRAME_BYTES, any_text, contract_codes, frames, long_text, names
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat.models import Message, VisitorSettings
-from tests.test_consumers import TIMEOUT, Tab, new_browser, open_tab
+from tests.tabs import TIMEOUT, Tab, new_browser, open_tab
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -24,7 +24,7 @@ import pytest
 from tests.clients import ChatClient
 from tests.conftest import IN_CI
 from tests.private_services import PrivatePostgres, PrivateRedis, missing
-from tests.servers import Server, manage
+from tests.servers import Server, manage, recv
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -87,11 +87,11 @@ def stored_ids(database_url: str, room: str = "lobby") -> list[int]:
 
 
 def assert_each_got_everything_once(clients: list[ChatClient], stored: list[int], since: int) -> None:
+    """Each client shows every stored message once, none missing, live ones in id order."""
     expected = [message_id for message_id in stored if message_id > since]
     for client in clients:
-        seen = [message_id for message_id in client.arrivals if message_id > since]
-        assert len(seen) == len(set(seen)), f"duplicates: {sorted(seen)}"
-        assert sorted(seen) == expected, f"missing {sorted(set(expected) - set(seen))}"
+        shown = [message_id for message_id in client.shown if message_id > since]
+        assert sorted(shown) == expected, f"missing {sorted(set(expected) - set(shown))}"
         live = [message_id for message_id in client.live if message_id > since]
         assert live == sorted(live), "live messages out of order"
 
@@ -138,7 +138,7 @@ async def test_redis_restarted_mid_conversation_loses_nothing(server_env, tmp_pa
         # must catch up by themselves once the layer delivers again.
         await eventually(lambda: all(not c.pending for c in clients), 20, "every message acknowledged")
         await eventually(
-            lambda: all(len({i for i in c.arrivals if i > since}) == said for c in clients), 20,
+            lambda: all(len([i for i in c.shown if i > since]) == said for c in clients), 20,
             "every client has every message",
         )
         # And the conversation goes on.
@@ -146,7 +146,7 @@ async def test_redis_restarted_mid_conversation_loses_nothing(server_env, tmp_pa
             await client.say("after the outage")
         said += len(clients)
         await eventually(
-            lambda: all(len({i for i in c.arrivals if i > since}) == said for c in clients), 20,
+            lambda: all(len([i for i in c.shown if i > since]) == said for c in clients), 20,
             "every client has the messages sent after the outage",
         )
         stored = await asyncio.to_thread(stored_ids, env["DATABASE_URL"])
@@ -179,10 +179,10 @@ async def test_postgres_stopped_and_started_answers_unavailable_then_works(serve
 
             await asyncio.to_thread(private_postgres.stop)
             await ws.send(json.dumps({"type": "chat", "text": "while the database is down", "client_id": "down-1"}))
-            frame = await next_frame(ws, "error", timeout=30)
+            frame = await recv(ws, "error", timeout=30)
             assert (frame["code"], frame["client_id"]) == ("unavailable", "down-1")
             await ws.send(json.dumps({"type": "ping"}))
-            await next_frame(ws, "pong")  # the socket stays usable
+            await recv(ws, "pong")  # the socket stays usable
             body = await health_becomes(server, 503)
             assert body["database"] == "error"
 
@@ -192,7 +192,7 @@ async def test_postgres_stopped_and_started_answers_unavailable_then_works(serve
             deadline = time.monotonic() + 30
             while True:
                 await ws.send(json.dumps({"type": "chat", "text": "while the database is down", "client_id": "down-1"}))
-                frame = await next_frame(ws, ("chat", "error"))
+                frame = await recv(ws, ("chat", "error"))
                 if frame["type"] == "chat":
                     break
                 assert frame["code"] == "unavailable" and time.monotonic() < deadline, frame
@@ -202,15 +202,6 @@ async def test_postgres_stopped_and_started_answers_unavailable_then_works(serve
         assert server.process.poll() is None
     finally:
         server.stop()
-
-
-async def next_frame(ws, kinds: str | tuple[str, ...], timeout: float = 10) -> dict:
-    kinds = (kinds,) if isinstance(kinds, str) else kinds
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
-        if frame["type"] in kinds:
-            return frame
 
 
 @pytest.mark.redis
@@ -244,7 +235,7 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
         stored = await asyncio.to_thread(stored_ids, env["DATABASE_URL"])
         assert len([i for i in stored if i > since]) == said
         await eventually(
-            lambda: all(len({i for i in c.arrivals if i > since}) == said for c in [talker, *movers]), 20,
+            lambda: all(len([i for i in c.shown if i > since]) == said for c in [talker, *movers]), 20,
             "every client has every message",
         )
         assert_each_got_everything_once([talker, *movers], stored, since)

@@ -17,8 +17,8 @@ from django.db import OperationalError
 from chat import services
 from tests.conftest import make_session
 from tests.servers import manage
-from tests.test_consumers import Tab, new_browser, open_tab
-from tests.test_server import closed_with, drain, recv
+from tests.tabs import Tab, new_browser, open_tab
+from tests.servers import closed_with, drain, recv
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

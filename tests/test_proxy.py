@@ -22,7 +22,7 @@ from daphne.cli import CommandLineInterface
 from django.conf import settings
 from websockets.protocol import State
 
-from tests.servers import COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, render_nginx_conf
+from tests.servers import COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, recv, render_nginx_conf
 
 # How docker-compose.yml's replicas run (the Dockerfile's command line).
 REPLICA_ARGS = ["--proxy-headers"]
@@ -70,14 +70,6 @@ def connect(nginx: Nginx, session: str, room: str = "lobby", origin: str | None 
         ping_interval=None,
         open_timeout=10,
     )
-
-
-async def recv(ws, kind: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
-        if frame["type"] == kind:
-            return frame
 
 
 async def drain(ws, quiet: float = 0.5) -> None:

@@ -13,20 +13,13 @@ from channels.db import database_sync_to_async
 from chat.identity import author_id_for, guest_name_for
 from chat.models import Message, VisitorSettings
 from tests.conftest import make_session
-from tests.test_consumers import Tab
+from tests.tabs import Tab, open_tab
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def new_session():
     return await database_sync_to_async(make_session)()
-
-
-async def open_tab(key: str, room: str = "lobby") -> Tab:
-    tab = Tab(key, room)
-    await tab.open()
-    await tab.recv_type("presence")
-    return tab
 
 
 async def test_extra_fields_in_frames_cannot_borrow_another_identity():

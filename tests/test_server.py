@@ -26,24 +26,9 @@ from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
 from chatsite.server import ChatWebSocketProtocol, queued_bytes
-from tests.servers import Server, manage
+from tests.servers import Server, closed_with, drain, manage, recv
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
-
-
-async def recv(ws, kind: str, timeout: float = 5) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic())))
-        if frame["type"] == kind:
-            return frame
-
-
-async def closed_with(ws) -> int:
-    with pytest.raises(websockets.ConnectionClosed) as info:
-        for _ in range(10):
-            await asyncio.wait_for(ws.recv(), 5)
-    return info.value.rcvd.code if info.value.rcvd else 1006
 
 
 async def test_oversize_frame_closes_with_1009(server):
@@ -278,16 +263,6 @@ async def test_one_client_id_sent_from_five_tabs_at_once_is_stored_once(server_e
     finally:
         one.stop()
         two.stop()
-
-
-async def drain(ws, quiet: float = 1.5) -> list[dict]:
-    """Every frame until the socket has been quiet for ``quiet`` seconds."""
-    frames = []
-    try:
-        while True:
-            frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
-    except asyncio.TimeoutError:
-        return frames
 
 
 # --- A client that stops reading ------------------------------------------------
