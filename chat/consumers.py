@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from chat import events, protocol, selectors, services
 from chat.connections import get_connections
-from chat.fanout import get_hub
+from chat.fanout import SERVER_SEND, get_hub
 from chat.identity import Identity
 from chat.presence import Tab, get_presence
 from chat.ratelimit import get_rate_limiter
@@ -55,6 +55,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rate_limiter = get_rate_limiter()
         self.connections = get_connections()
         self.hub = get_hub()
+        # daphne's own send, for room broadcasts (ServerSendMiddleware).
+        self.server_send = self.scope.get(SERVER_SEND, self.base_send)
         self.heartbeat: asyncio.Task[None] | None = None
         user = self.scope.get("user")
         try:
@@ -226,7 +228,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.early is not None:
             self.early.append((frame, message_id))
         elif message_id is None or message_id > self.live_after:
-            await self.send(text_data=frame)
+            try:
+                await self.server_send({"type": "websocket.send", "text": frame})
+            except Disconnected:
+                pass  # closed meanwhile: see send()
 
     async def deliver_presence(self, version: int, frame: str) -> None:
         """Send the room's people: only a newer version, and only if they differ from the last shown."""

@@ -96,7 +96,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         if self.overflowed:
             return  # aborted; daphne reports the disconnect on the next turn of the loop
         limit = settings.CHAT_SEND_BUFFER_LIMIT
-        queued = queued_bytes(self.transport)
+        queued = self.queued()
         if limit and queued > limit + self.frame_allowance:
             self.drop_slow_reader(queued, limit)
             return
@@ -106,7 +106,14 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         finally:
             self.maxMessagePayloadSize = payload_limit
         if queued <= limit:
-            self.frame_allowance = queued_bytes(self.transport) - queued
+            self.frame_allowance = self.queued() - queued
+
+    def queued(self) -> int:
+        """Bytes written to this socket that the kernel has not taken yet."""
+        transport = self.transport
+        if isinstance(transport, tcp.Connection):  # the usual case, read directly: once per frame
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        return queued_bytes(transport)
 
     def drop_slow_reader(self, queued: int, limit: int) -> None:
         """Abort a connection whose client stopped reading; its tab reconnects and resumes."""
