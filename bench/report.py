@@ -63,6 +63,7 @@ def plot_latency(ramps: Mapping[str, list[dict[str, Any]]], path: Path, p99_max:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, steps in ramps.items():
@@ -75,6 +76,11 @@ def plot_latency(ramps: Mapping[str, list[dict[str, Any]]], path: Path, p99_max:
     ax.axhline(p99_max, color="grey", linestyle="--", linewidth=1, label=f"p99 limit {p99_max:g} ms")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # Plain numbers (2,000 rather than 2×10³): each power of ten, and 2 and 5 times it.
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if f"{value:.0e}"[0] in "125" else "")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("offered deliveries/s (clients × messages/s)")
     ax.set_ylabel("p99 latency, ms")
     ax.set_title("Room fan-out: p99 latency as the rate grows (× = step failed)")
