@@ -145,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("-r", "--rate", type=float, help="messages/s from all senders together (20; soak 10)")
     ap.add_argument("-T", "--duration", type=float, help="send window, s (10; ramp 6)")
     ap.add_argument("--drain", type=float, help="wait after sending, s; later deliveries are lost (5)")
-    ap.add_argument("--warmup", type=float, help="unscored step before measuring, s (2; 0: none)")
+    ap.add_argument("--warmup", type=float, help="unscored step at a quarter of the rate before measuring, s (2; 0: none)")
     ap.add_argument("-c", "--concurrency", type=int, help="connections opened at a time (50)")
     ap.add_argument("-P", "--procs", type=int, help="client worker processes (2)")
     ap.add_argument("--factor", type=float, help="ramp: rate multiplier per step (1.5)")
