@@ -20,16 +20,18 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets import ConnectionClosed, InvalidStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from bench.report import bucket
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,15 @@ async def welcome(ws: ClientConnection) -> dict[str, Any]:
         frame = json.loads(await ws.recv())
         if frame.get("type") == "welcome":
             return frame
+
+
+async def abort_unless(ws: ClientConnection, ready: Awaitable[T]) -> T:
+    """Await ``ready`` (e.g. the welcome); if it fails or times out, drop the socket."""
+    try:
+        return await ready
+    except BaseException:
+        ws.transport.abort()
+        raise
 
 
 def chat_frame(kind: str, text: str) -> str:
@@ -148,7 +159,7 @@ class Client:
         cookie = await page_cookie(self.cfg) if self.cfg.kind == "project" else None
         self.ws = await open_socket(self.cfg, cookie)
         if self.cfg.kind == "project":
-            await welcome(self.ws)
+            await abort_unless(self.ws, welcome(self.ws))
         self.reading = asyncio.create_task(self._read(self.ws))
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -175,9 +186,13 @@ class Worker:
     def __init__(self, cfg: Config, ids: list[int], concurrency: int) -> None:
         self.cfg, self.ids, self.concurrency = cfg, ids, concurrency
         self.tally = Tally()
-        self.clients: dict[int, Client] = {}
+        self.clients: dict[int, Any] = {}  # the clients that became ready
         self.commands: dict[str, Callable[..., Any]] = {"connect": self.connect, "step": self.step,
                                                          "close": self.close}
+
+    def make_client(self, index: int) -> Any:
+        """A client with ``open()`` and ``close()``; subclasses make their own kind."""
+        return Client(self.cfg, self.tally)
 
     async def connect(self, start_at: float) -> dict[str, Any]:
         """Open every client, ``concurrency`` at a time; time each one from page load to ready."""
@@ -188,13 +203,11 @@ class Worker:
 
         async def one(index: int) -> None:
             async with limit:
-                client, started = Client(self.cfg, self.tally), time.perf_counter()
+                client, started = self.make_client(index), time.perf_counter()
                 try:
                     await asyncio.wait_for(client.open(), self.cfg.open_timeout)
                 except Exception as exc:  # noqa: BLE001 - every failure is counted by cause
                     failures[describe(exc)] += 1
-                    if client.ws is not None:
-                        client.ws.transport.abort()
                     return
                 ready_ms.append((time.perf_counter() - started) * 1000)
                 self.clients[index] = client

@@ -5,7 +5,7 @@ import pytest
 from bench import scenarios
 from bench.scenarios import Load
 from bench.servers import start_baseline, start_project
-from bench.soak import _gaps
+from bench.soak import Churn, _gaps, soak
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -48,6 +48,18 @@ def test_connect_reports_rate_and_time_to_ready(project):
     assert connect["ok"] == 5 and connect["failed"] == 0
     assert connect["connects_per_s"] > 0
     assert 0 < connect["ready_ms"]["p50"] <= connect["ready_ms"]["p99"]
+
+
+def test_soak_every_stored_message_reaches_every_client_across_reconnects(project):
+    load = Load(clients=6, rate=3.0, drain=3.0, concurrency=6, procs=2)
+
+    result = soak(project, load, Churn(minutes=0.1, flaky=0.5, reconnect_every=1.0))
+
+    assert result["reconnects"] > 0  # the flaky half dropped and came back
+    assert result["stored"] == result["sent"] > 0
+    assert result["gaps"] == 0 and result["not_connected_at_end"] == 0
+    assert result["received"] == 6 * result["stored"]
+    assert result["rss_series_mb"]
 
 
 def test_soak_counts_a_stored_message_a_connected_client_never_got():
