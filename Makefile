@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # daphne's limit for one incoming websocket message (the contract: 16 KiB).
 DAPHNE_ARGS := --websocket-max-message-size 16384 --websocket-max-frame-size 16384
 
-.PHONY: run test migrate clean
+.PHONY: run test bench migrate clean
 
 $(BIN)/.installed-run: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ run: migrate
 ## Set up and run the whole test suite.
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(BIN)/.installed-bench: requirements-bench.txt $(BIN)/.installed-test
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+## Install the load benchmark's extras and print its usage (figures: docs/performance.md).
+bench: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.load --help
 
 clean:
 	rm -rf $(VENV) db.sqlite3
