@@ -75,8 +75,9 @@ class SoakClient:
             for message in frame["messages"]:
                 self.record(message["id"], "resume")
             if frame["has_more"] and self.ws is not None:
-                # As the browser does: ask again after the newest id it has.
-                asyncio.ensure_future(self.ws.send(json.dumps({"type": "resume", "after": self.last_id})))
+                # As the browser does: the next page follows this one.
+                after = frame["messages"][-1]["id"]
+                asyncio.ensure_future(self.ws.send(json.dumps({"type": "resume", "after": after})))
         elif kind == "error":
             self.errors[frame["code"]] = self.errors.get(frame["code"], 0) + 1
 

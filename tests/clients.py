@@ -101,8 +101,8 @@ class ChatClient:
         elif kind == "history":
             for message in frame["messages"]:
                 self._record(message)
-            if frame["has_more"]:
-                await self._send({"type": "resume", "after": self.last_id})
+            if frame["has_more"]:  # the next page follows this one (live ones may be newer)
+                await self._send({"type": "resume", "after": frame["messages"][-1]["id"]})
             else:
                 await self._resend_pending()
         elif kind == "presence":

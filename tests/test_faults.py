@@ -254,3 +254,41 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
             await client.stop()
         doomed.stop()
         survivor.stop()
+
+
+@pytest.mark.postgres
+async def test_a_long_catch_up_with_live_messages_meanwhile_skips_nothing(server_env, tmp_path):
+    # Over 500 missed messages take two `resume` pages; live messages that
+    # arrive between them are newer than the second page. A client that
+    # asked for the second page after the newest id it had shown (the
+    # browser client did) skipped the rest of the gap.
+    env = {**server_env, **FAST}
+    server = Server(env, tmp_path / "daphne.log")
+    away = ChatClient([server], server.browser())
+    talker = ChatClient([server], server.browser())
+    try:
+        for client in (away, talker):
+            client.start()
+        await eventually(lambda: away.connected.is_set() and talker.connected.is_set(), 15, "both connected")
+        since = away.last_id
+        await away.stop()  # the tab is closed for a while
+        away.connected.clear()
+        for n in range(520):
+            await talker.say(f"while away {n}")
+        await eventually(lambda: not talker.pending, 30, "the missed messages stored")
+        stop = asyncio.Event()
+        chatting = asyncio.create_task(chatter([talker], stop, every=0.01))
+        away.start()  # back: resumes 520+ messages in two pages while the talk goes on
+        await eventually(lambda: away.welcomes >= 2, 15, "the tab reconnected")
+        await asyncio.sleep(1)
+        stop.set()
+        await chatting
+        await eventually(lambda: not talker.pending, 20, "every message acknowledged")
+        stored = await asyncio.to_thread(stored_ids, env["DATABASE_URL"])
+        await eventually(lambda: len([i for i in away.shown if i > since]) == len([i for i in stored if i > since]),
+                         20, "the returning tab has every message")
+        assert_each_got_everything_once([away], stored, since)
+    finally:
+        for client in (away, talker):
+            await client.stop()
+        server.stop()

@@ -132,7 +132,9 @@ const render = {
       const stick = nearBottom();
       frame.messages.forEach(addMessage);
       if (stick) scrollToBottom();
-      if (frame.has_more) request("resume", { after: state.lastId });
+      // The next page follows this one, not the newest id shown: live
+      // messages that came meanwhile are newer than the gap still missing.
+      if (frame.has_more) request("resume", { after: frame.messages[frame.messages.length - 1].id });
       else resendPending();
     }
   },
