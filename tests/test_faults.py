@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -82,8 +83,13 @@ async def health_becomes(server: Server, status: int, timeout: float = 15) -> di
 
 
 def stored_ids(database_url: str, room: str = "lobby") -> list[int]:
+    """The ids of a room's stored messages, read from the servers' database (PostgreSQL or SQLite)."""
+    query = "SELECT id FROM chat_message WHERE room = %s ORDER BY id"
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            return [row[0] for row in conn.execute(query.replace("%s", "?"), [room])]
     with psycopg.connect(database_url) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM chat_message WHERE room = %s ORDER BY id", [room])]
+        return [row[0] for row in conn.execute(query, [room])]
 
 
 def assert_each_got_everything_once(clients: list[ChatClient], stored: list[int], since: int) -> None:
@@ -256,7 +262,6 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
         survivor.stop()
 
 
-@pytest.mark.postgres
 async def test_a_long_catch_up_with_live_messages_meanwhile_skips_nothing(server_env, tmp_path):
     # Over 500 missed messages take two `resume` pages; live messages that
     # arrive between them are newer than the second page. A client that
