@@ -87,25 +87,20 @@ class Feed:
 class RoomHub:
     """The sockets of one process, by room, and their one channel-layer subscription."""
 
-    def __init__(self, layer: BaseChannelLayer, *, probe: bool | None = None) -> None:
+    def __init__(self, layer: BaseChannelLayer) -> None:
         self.layer = layer
         self.feeds: dict[str, Feed] = {}
         self._channel: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         # Only a layer outside the process (Redis) can lose events.
-        self._probe_enabled = bool(settings.REDIS_URL) if probe is None else probe
+        self._probe_enabled = bool(settings.REDIS_URL)
         self._probe_tokens = itertools.count()
         self._probe_echo: dict[int, asyncio.Future[None]] = {}
         self.layer_ok = True
         self._membership = asyncio.Lock()
         self._presence_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def rooms(self) -> dict[str, set[Member]]:
-        """The local sockets of each room served."""
-        return {room: feed.members for room, feed in self.feeds.items()}
 
     async def join(self, room: str, member: Member) -> None:
         """Start delivering ``room``'s broadcasts to ``member``."""

@@ -45,6 +45,8 @@ def queued_bytes(transport: object) -> int:
     once) is looked through to the transport under it. 0 for a transport of
     another kind: no bound rather than a wrong one.
     """
+    if isinstance(transport, tcp.Connection):  # the usual case: read directly, once per frame
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     for _ in range(4):  # a wrapper or two, never a loop
         if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):
             return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[attr-defined]
@@ -80,8 +82,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
             and isinstance(transport, tcp.Connection)
             and transport.connected
             and not transport.disconnecting
-            and len(transport.dataBuffer) == transport.offset
-            and not transport._tempDataLen
+            and not queued_bytes(transport)
         ):
             sent = transport.writeSomeData(data)
             if isinstance(sent, int):  # else the connection is lost: the usual path finds out
@@ -96,7 +97,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         if self.overflowed:
             return  # aborted; daphne reports the disconnect on the next turn of the loop
         limit = settings.CHAT_SEND_BUFFER_LIMIT
-        queued = self.queued()
+        queued = queued_bytes(self.transport)
         if limit and queued > limit + self.frame_allowance:
             self.drop_slow_reader(queued, limit)
             return
@@ -106,14 +107,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         finally:
             self.maxMessagePayloadSize = payload_limit
         if queued <= limit:
-            self.frame_allowance = self.queued() - queued
-
-    def queued(self) -> int:
-        """Bytes written to this socket that the kernel has not taken yet."""
-        transport = self.transport
-        if isinstance(transport, tcp.Connection):  # the usual case, read directly: once per frame
-            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        return queued_bytes(transport)
+            self.frame_allowance = queued_bytes(self.transport) - queued
 
     def drop_slow_reader(self, queued: int, limit: int) -> None:
         """Abort a connection whose client stopped reading; its tab reconnects and resumes."""

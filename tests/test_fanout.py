@@ -54,7 +54,7 @@ async def test_one_event_reaches_every_local_socket_in_the_room_and_no_other():
     assert elsewhere.frames == []
     for room, socket in (("lobby", lobby), ("lobby", also_lobby), ("other", elsewhere)):
         await hub.leave(room, socket)
-    assert hub.rooms == {}
+    assert hub.feeds == {}
 
 
 async def test_a_broken_socket_does_not_silence_the_room():
