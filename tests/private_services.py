@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 
 def _postgres_bin() -> Path | None:
@@ -70,9 +70,8 @@ class PrivateRedis:
 
     def stop(self) -> None:
         """Stop it (its data is gone: it keeps nothing on disk)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
 

@@ -12,14 +12,13 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
 
@@ -80,6 +79,33 @@ def manage(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+def wait_until_up(process: subprocess.Popen, ready: Callable[[], bool], what: str, log: Path) -> None:
+    """Wait (30 s at most) until ``ready()``; stop ``process`` and raise with its log if it died or never was."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_process(process)
+    raise RuntimeError(f"{what} did not come up: " + log.read_text(errors="replace")[-2000:])
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM a process this test started (SIGKILL if it does not end within 10 s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Server:
     """One daphne process on a free port (or a given one, to restart in place)."""
 
@@ -94,18 +120,15 @@ class Server:
              *DAPHNE_ARGS, *args, "chatsite.asgi:application"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("daphne did not come up: " + log.read_text(errors="replace")[-2000:])
+        try:
+            wait_until_up(self.process, self._healthy, "daphne", log)
+        except RuntimeError:
+            self.log.close()
+            raise
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
+            return response.status == 200
 
     def url(self, room: str = "lobby") -> str:
         return f"{self.base}/chat/{room}/"
@@ -128,13 +151,7 @@ class Server:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
 
@@ -200,17 +217,11 @@ class Nginx:
             [*command, "-g", f"daemon off; pid {directory / 'nginx.pid'};"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("nginx did not come up: " + self.error_log.read_text(errors="replace")[-2000:])
+        wait_until_up(self.process, self._listening, "nginx", self.error_log)
+
+    def _listening(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
 
     def upstreams_used(self, prefix: str) -> list[str]:
         """Return the replica (``host:port``) of each finished request for a path under ``prefix``.
@@ -222,13 +233,7 @@ class Nginx:
 
     def stop(self) -> None:
         """Stop this nginx: SIGTERM to its master, which ends its worker."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 # --- Reading a real socket ------------------------------------------------------
