@@ -26,6 +26,7 @@ from chat.fanout import SERVER_SEND, get_hub
 from chat.identity import Identity
 from chat.presence import Tab, get_presence
 from chat.ratelimit import get_rate_limiter
+from chat.writer import get_writer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rate_limiter = get_rate_limiter()
         self.connections = get_connections()
         self.hub = get_hub()
+        self.writer = get_writer()
         # daphne's own send, for room broadcasts (ServerSendMiddleware).
         self.server_send = self.scope.get(SERVER_SEND, self.base_send)
         self.heartbeat: asyncio.Task[None] | None = None
@@ -163,20 +165,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not await self.within_rate(action="chat", client_id=frame.client_id):
             return
         try:
-            posted = await events.call_service(
-                services.post_message,
-                identity=self.identity,
-                room=self.room,
-                text=frame.text,
-                client_id=frame.client_id,
+            posted = await self.writer.post(
+                services.Post(self.identity, self.room, frame.text, frame.client_id)
             )
-        except events.BroadcastFailed as failed:
-            # Stored, but the layer (Redis) did not take it: this process's
-            # sockets in the room, the sender's among them, get it at once;
-            # other processes' hubs fetch it when the layer is back.
-            for _group, event in failed.unsent:
-                await self.hub.dispatch(event)
-            return
         except UNAVAILABLE:
             await self.send_unavailable(client_id=frame.client_id)
             return

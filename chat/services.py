@@ -13,6 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from chat import events, protocol, selectors, validators
@@ -114,6 +115,24 @@ def purge_stale_settings(*, days: int | None = None) -> int:
 
 
 @dataclass(frozen=True)
+class Post:
+    """A chat message to store: who sends it, where, and the client's id for it."""
+
+    identity: Identity
+    room: str
+    text: str
+    client_id: str | None
+
+    def validated(self) -> "Post":
+        return Post(
+            self.identity,
+            validators.check_room(self.room),
+            validators.check_text(self.text),
+            validators.check_client_id(self.client_id),
+        )
+
+
+@dataclass(frozen=True)
 class Posted:
     """A stored message, and whether this call stored it (False: a resend)."""
 
@@ -127,42 +146,103 @@ def post_message(*, identity: Identity, room: str, text: str, client_id: str | N
     A ``client_id`` this identity already used returns the stored message
     (``created=False``) and broadcasts nothing.
     """
-    room = validators.check_room(room)
-    text = validators.check_text(text)
-    client_id = validators.check_client_id(client_id)
-    try:
-        with transaction.atomic():
-            # Holding the room's row lock while the id is drawn makes ids
+    [posted] = post_messages([Post(identity, room, text, client_id)])
+    return posted
+
+
+def post_messages(posts: list[Post]) -> list[Posted]:
+    """Store chat messages in one transaction and broadcast each; return them in order.
+
+    However many messages (and rooms) there are, a room costs two queries
+    (its row lock and its newest id) and all of them one insert: the
+    consumers' ``chat.writer`` sends what arrives while one batch is being
+    stored as the next batch. A ``client_id`` its identity already used (or
+    that comes twice in ``posts``) returns the stored message with
+    ``created=False`` and broadcasts nothing.
+    """
+    posts = [post.validated() for post in posts]
+    stored: dict[tuple[str, str], Message] = {}  # resends, by (author_id, client_id)
+    while True:
+        try:
+            return _store(posts, stored)
+        except IntegrityError:
+            # Some client_id is stored already (a resend; maybe just now, by
+            # another process): look those up and store the rest. Each round
+            # finds at least the one that conflicted, so this ends.
+            keys = [_resend_key(post) for post in posts]
+            found = _stored_resends([key for key in keys if key is not None and key not in stored])
+            if not found:
+                raise
+            stored.update(found)
+
+
+def _resend_key(post: Post) -> tuple[str, str] | None:
+    return None if post.client_id is None else (post.identity.author_id, post.client_id)
+
+
+def _stored_resends(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Message]:
+    if not keys:
+        return {}
+    query = Q()
+    for author_id, client_id in keys:
+        query |= Q(author_id=author_id, client_id=client_id)
+    return {(m.author_id, m.client_id): m for m in Message.objects.filter(query) if m.client_id is not None}
+
+
+def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Posted]:
+    """One transaction: lock each room, read its newest id, insert every new message at once."""
+    new: list[Message] = []
+    firsts: dict[tuple[str, str], Message] = {}  # a client_id sent twice in this batch: the first
+    results: list[Message | tuple[str, str]] = []
+    for post in posts:
+        key = _resend_key(post)
+        if key is not None and key in stored:
+            results.append(key)
+        elif key is not None and key in firsts:
+            results.append(key)
+        else:
+            message = Message(
+                room_id=post.room,
+                author_id=post.identity.author_id,
+                username=post.identity.username,
+                verified=post.identity.verified,
+                text=post.text,
+                client_id=post.client_id,
+            )
+            new.append(message)
+            results.append(message)
+            if key is not None:
+                firsts[key] = message
+    with transaction.atomic():
+        prev_ids: dict[str, int | None] = {}
+        # Rooms locked in name order, so two batches never wait on each other's rooms.
+        for room in sorted({message.room_id for message in new}):
+            # Holding the room's row lock while the ids are drawn makes ids
             # commit in order within a room, so `resume after N` never skips
             # a message that committed late.
             Room.objects.select_for_update().get_or_create(name=room)
             # Read after the lock (a fresh snapshot): the room's newest id,
-            # which the event carries as `prev_id`, so a hub that has not
-            # delivered that one knows it missed it.
-            prev_id = selectors.last_message_id(room=room)
-            message = Message.objects.create(
-                room_id=room,
-                author_id=identity.author_id,
-                username=identity.username,
-                verified=identity.verified,
-                text=text,
-                client_id=client_id,
-            )
+            # which the first event carries as `prev_id`, so a hub that has
+            # not delivered that one knows it missed it.
+            prev_ids[room] = selectors.last_message_id(room=room)
+        if new:
+            Message.objects.bulk_create(new)  # ids drawn in list order
+        for message in new:
             events.send_event_on_commit(
-                events.room_group(room),
+                events.room_group(message.room_id),
                 events.room_message(
-                    room,
+                    message.room_id,
                     message_id=message.pk,
-                    prev_id=prev_id,
+                    prev_id=prev_ids[message.room_id],
                     frame=protocol.chat_frame(message),
                 ),
             )
-    except IntegrityError:
-        if client_id is None:
-            raise
-        existing = Message.objects.get(author_id=identity.author_id, client_id=client_id)
-        return Posted(existing, created=False)
-    return Posted(message, created=True)
+            prev_ids[message.room_id] = message.pk
+    return [
+        Posted(result, created=True) if isinstance(result, Message)
+        else Posted(stored.get(result) or firsts[result], created=False)
+        for result in results
+    ]
 
 
 def delete_messages(*, ids: list[int]) -> int:

@@ -83,10 +83,10 @@ async def test_a_rate_limited_frame_is_logged(chat_log, settings):
 async def test_an_unavailable_answer_is_logged_with_what_failed(chat_log, monkeypatch):
     tab = await open_tab(await new_browser())
 
-    def database_down(**kwargs):
+    def database_down(posts):
         raise OperationalError("connection to server failed: secret detail")
 
-    monkeypatch.setattr(services, "post_message", database_down)
+    monkeypatch.setattr(services, "post_messages", database_down)
     await tab.send({"type": "chat", "text": "not stored"})
     assert (await tab.recv_type("error"))["code"] == "unavailable"
     assert "frame rejected room=lobby code=unavailable (OperationalError)" in lines(chat_log)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from chat import events, services
 from chat.identity import Identity, author_id_for, guest_name_for
-from chat.models import Message, VisitorSettings
+from chat.models import Message, Room, VisitorSettings
 from tests.conftest import make_session
 
 pytestmark = pytest.mark.django_db
@@ -187,6 +187,83 @@ def test_resending_a_client_id_stores_nothing_new():
     # Another identity may use the same client_id.
     assert services.post_message(identity=grace, room="lobby", text="hi", client_id="same").created
     assert Message.objects.count() == 2
+
+
+def collected_events(capture_on_commit, post):
+    """Run ``post`` the way the writer does; return its result and the events it published."""
+    sent: list[tuple[str, dict]] = []
+    token = events._outbox.set(sent)  # what the consumer's call_service collects
+    try:
+        with capture_on_commit(execute=True):
+            result = post()
+    finally:
+        events._outbox.reset(token)
+    return result, sent
+
+
+def test_a_batch_costs_two_queries_per_room_and_one_insert(data_queries, django_capture_on_commit_callbacks):
+    ada, grace = identity("Ada"), identity("Grace")
+    services.post_message(identity=ada, room="a", text="before", client_id=None)
+    Room.objects.create(name="b")  # an empty room (a new one costs its insert too)
+    posts = [services.Post(who, room, f"{room}{n}", f"c{n}")
+             for n, (who, room) in enumerate([(ada, "a"), (grace, "b"), (grace, "a"), (ada, "a"), (ada, "b")])]
+    with data_queries() as queries:
+        stored, sent = collected_events(django_capture_on_commit_callbacks, lambda: services.post_messages(posts))
+    # rooms a and b: lock and newest id each; then one insert of all five
+    assert queries.count == 5, queries.statements
+    assert [p.created for p in stored] == [True] * 5
+    assert [p.message.text for p in stored] == ["a0", "b1", "a2", "a3", "b4"]
+    ids = [p.message.pk for p in stored]
+    assert ids == sorted(ids)
+    before = Message.objects.get(text="before").pk
+    # Each event names its room's previous message, across the batch too.
+    chain = [(group, event["id"], event["prev_id"]) for group, event in sent]
+    assert sorted(chain, key=lambda link: link[1]) == [
+        ("chat.room.a", ids[0], before),
+        ("chat.room.b", ids[1], None),
+        ("chat.room.a", ids[2], ids[0]),
+        ("chat.room.a", ids[3], ids[2]),
+        ("chat.room.b", ids[4], ids[1]),
+    ]
+    assert list(Message.objects.filter(room_id="a").order_by("id").values_list("text", flat=True)) == [
+        "before", "a0", "a2", "a3",
+    ]
+
+
+def test_a_batch_with_resends_stores_each_client_id_once(django_capture_on_commit_callbacks):
+    ada, grace = identity("Ada"), identity("Grace")
+    earlier = services.post_message(identity=ada, room="lobby", text="sent before", client_id="old")
+    posts = [
+        services.Post(ada, "lobby", "new", "n1"),
+        services.Post(ada, "lobby", "sent before", "old"),   # a resend of a stored message
+        services.Post(grace, "lobby", "hers", "n1"),          # another identity's n1: its own
+        services.Post(ada, "lobby", "new", "n1"),             # the same message twice in one batch
+        services.Post(ada, "lobby", "no id", None),
+    ]
+    stored, sent = collected_events(django_capture_on_commit_callbacks, lambda: services.post_messages(posts))
+    assert [p.created for p in stored] == [True, False, True, False, True]
+    assert stored[1].message.pk == earlier.message.pk
+    assert stored[3].message.pk == stored[0].message.pk
+    assert sorted(event["id"] for _, event in sent) == sorted(stored[i].message.pk for i in (0, 2, 4))
+    assert sorted(Message.objects.values_list("text", flat=True)) == ["hers", "new", "no id", "sent before"]
+
+
+def test_a_resend_costs_one_more_query(data_queries):
+    ada = identity()
+    services.post_message(identity=ada, room="lobby", text="hi", client_id="same")
+    with data_queries() as queries:
+        again = services.post_message(identity=ada, room="lobby", text="hi", client_id="same")
+    assert not again.created
+    # lock, newest id, the insert that conflicts; then the lookup of the stored one
+    assert queries.count == 4, queries.statements
+
+
+def test_a_batch_with_an_invalid_post_stores_nothing():
+    ada = identity()
+    services.post_message(identity=ada, room="lobby", text="kept", client_id=None)
+    with pytest.raises(ValidationError):
+        services.post_messages([services.Post(ada, "lobby", "fine", None), services.Post(ada, "lobby", "", None)])
+    assert list(Message.objects.values_list("text", flat=True)) == ["kept"]
 
 
 @pytest.mark.parametrize(("text", "room"), [("", "lobby"), ("x" * 2001, "lobby"), ("ok", "bad room")])
