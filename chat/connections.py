@@ -13,6 +13,8 @@ from typing import Protocol
 
 from django.conf import settings
 
+from redis.asyncio import Redis
+
 from chat import redis_client
 
 
@@ -80,8 +82,7 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 class RedisConnections:
     """Open sockets of every server process, counted in Redis."""
 
-    def __init__(self) -> None:
-        client = redis_client.get_redis()
+    def __init__(self, client: Redis) -> None:
         self._open = client.register_script(_OPEN)
         self._refresh = client.register_script(_REFRESH)
         self._client = client
@@ -110,4 +111,4 @@ _local = LocalConnections()
 
 def get_connections() -> ConnectionCounter:
     """Return the socket counter for this configuration."""
-    return RedisConnections() if settings.REDIS_URL else _local
+    return redis_client.bound(RedisConnections) if settings.REDIS_URL else _local

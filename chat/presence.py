@@ -21,6 +21,8 @@ from typing import Protocol
 
 from django.conf import settings
 
+from redis.asyncio import Redis
+
 from chat import redis_client
 
 
@@ -224,8 +226,7 @@ def _decode(raw: str) -> Tab:
 class RedisPresence:
     """Presence shared through Redis by every server process."""
 
-    def __init__(self) -> None:
-        client = redis_client.get_redis()
+    def __init__(self, client: Redis) -> None:
         self._join = client.register_script(_PRELUDE + _JOIN + _POSTLUDE)
         self._leave = client.register_script(_PRELUDE + _LEAVE + _POSTLUDE)
         self._heartbeat = client.register_script(_PRELUDE + _HEARTBEAT + _POSTLUDE)
@@ -268,4 +269,4 @@ _local = LocalPresence()
 
 def get_presence() -> PresenceStore:
     """Return the presence store for this configuration."""
-    return RedisPresence() if settings.REDIS_URL else _local
+    return redis_client.bound(RedisPresence) if settings.REDIS_URL else _local

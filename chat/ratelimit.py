@@ -11,6 +11,7 @@ import time
 from typing import Protocol
 
 from django.conf import settings
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from chat import redis_client
@@ -73,8 +74,8 @@ class RedisRateLimiter:
     rather than refusing every message.
     """
 
-    def __init__(self) -> None:
-        self._script = redis_client.get_redis().register_script(_TOKEN_BUCKET)
+    def __init__(self, client: Redis) -> None:
+        self._script = client.register_script(_TOKEN_BUCKET)
 
     async def hit(self, *, action: str, author_id: str) -> float | None:
         rate = settings.CHAT_RATE_PER_SECOND
@@ -97,4 +98,4 @@ _fallback = LocalRateLimiter()
 
 def get_rate_limiter() -> RateLimiter:
     """Return the rate limiter for this configuration."""
-    return RedisRateLimiter() if settings.REDIS_URL else _local
+    return redis_client.bound(RedisRateLimiter) if settings.REDIS_URL else _local

@@ -2,6 +2,8 @@
 
 import asyncio
 import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from django.conf import settings
@@ -25,6 +27,24 @@ def get_redis() -> redis.Redis:
         )
         _clients[loop] = client
     return client
+
+
+T = TypeVar("T")
+# Objects built on a client (its registered scripts): one of each per client.
+_bound: "weakref.WeakKeyDictionary[redis.Redis, dict[Callable[..., Any], Any]]" = weakref.WeakKeyDictionary()
+
+
+def bound(factory: Callable[[redis.Redis], T]) -> T:
+    """Return ``factory(client)`` for this event loop's client, made once and shared.
+
+    The stores register their Lua scripts once per process, not once per
+    socket (a socket's share of server memory, docs/performance.md).
+    """
+    client = get_redis()
+    made = _bound.setdefault(client, {})
+    if factory not in made:
+        made[factory] = factory(client)
+    return made[factory]
 
 
 def key(*parts: str) -> str:

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from chat.connections import LocalConnections, RedisConnections
+from chat.redis_client import get_redis
 
 ADA, GRACE = "a" * 20, "g" * 20
 
@@ -12,7 +13,7 @@ ADA, GRACE = "a" * 20, "g" * 20
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 async def store(request, settings):
     settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 3
-    return LocalConnections() if request.param == "local" else RedisConnections()
+    return LocalConnections() if request.param == "local" else RedisConnections(get_redis())
 
 
 async def test_sockets_over_the_cap_are_refused_per_identity(store):
@@ -43,7 +44,7 @@ async def test_the_cap_is_read_at_each_connect(store, settings):
 async def test_sockets_of_a_dead_process_stop_counting_after_the_ttl(settings):
     settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 2
     settings.CHAT_PRESENCE_TTL = 1.0
-    store = RedisConnections()
+    store = RedisConnections(get_redis())
     await store.open(author_id=ADA, conn="dead")
     await asyncio.sleep(0.6)
     await store.open(author_id=ADA, conn="later")  # keeps the key itself alive
@@ -57,7 +58,7 @@ async def test_sockets_of_a_dead_process_stop_counting_after_the_ttl(settings):
 async def test_heartbeats_keep_a_socket_counted_past_the_ttl(settings):
     settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 2
     settings.CHAT_PRESENCE_TTL = 1.0
-    store = RedisConnections()
+    store = RedisConnections(get_redis())
     await store.open(author_id=ADA, conn="dead")
     await store.open(author_id=ADA, conn="alive")
     for _ in range(3):
@@ -72,7 +73,7 @@ async def test_heartbeats_keep_a_socket_counted_past_the_ttl(settings):
 async def test_a_late_heartbeat_counts_its_socket_again(settings):
     settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 1
     settings.CHAT_PRESENCE_TTL = 0.2
-    store = RedisConnections()
+    store = RedisConnections(get_redis())
     await store.open(author_id=ADA, conn="slow")
     await asyncio.sleep(0.3)
     await store.refresh(author_id=ADA, conn="slow")  # expired, still open: back in the count
@@ -82,7 +83,7 @@ async def test_a_late_heartbeat_counts_its_socket_again(settings):
 @pytest.mark.redis
 async def test_two_processes_share_one_count(settings):
     settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 2
-    first, second = RedisConnections(), RedisConnections()
+    first, second = RedisConnections(get_redis()), RedisConnections(get_redis())
     results = await asyncio.gather(*(
         (first if n % 2 else second).open(author_id=ADA, conn=f"c{n}") for n in range(10)
     ))

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from chat.presence import LocalPresence, RedisPresence, Tab, aggregate, with_tab
+from chat.redis_client import get_redis
 
 ADA = Tab("a" * 20, "Ada", False)
 GRACE = Tab("g" * 20, "Grace", True)
@@ -16,7 +17,7 @@ def people(snapshot) -> list[tuple[str, int]]:
 
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 async def store(request):
-    return LocalPresence() if request.param == "local" else RedisPresence()
+    return LocalPresence() if request.param == "local" else RedisPresence(get_redis())
 
 
 async def test_join_leave_and_rename_report_changes_and_snapshots_follow(store):
@@ -42,7 +43,7 @@ async def test_join_leave_and_rename_report_changes_and_snapshots_follow(store):
 @pytest.mark.redis
 async def test_expired_tabs_are_pruned_and_a_late_heartbeat_brings_one_back(settings):
     settings.CHAT_PRESENCE_TTL = 0.3
-    store = RedisPresence()
+    store = RedisPresence(get_redis())
     await store.join(room="r", conn="dead", tab=GRACE)
     await store.join(room="r", conn="alive", tab=ADA)
     assert await store.heartbeat(room="r", conn="alive", tab=ADA) is False  # nothing changed
