@@ -9,7 +9,10 @@ client and server share one clock, the machine's).
 
 ``Pool`` runs a ``Worker`` in each of a few processes, so one busy client
 process does not limit the server; the pool sends each worker a command and
-gathers their answers.
+gathers their answers. A worker may serve several servers of one room
+(``Config`` each): client i goes to server i % servers, and what arrives is
+counted per server and per message, so that a message sent through one
+process can be seen reaching the clients of the other.
 """
 
 import asyncio
@@ -20,7 +23,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
@@ -47,6 +50,11 @@ class Config:
     @property
     def origin(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def server_of(index: int, servers: int) -> int:
+    """Which of ``servers`` servers client ``index`` goes to: round-robin (senders split as evenly)."""
+    return index % servers
 
 
 async def page_cookie(cfg: Config) -> str:
@@ -115,7 +123,7 @@ def cpu_seconds() -> float:
 
 
 class Tally:
-    """What a worker's clients received in the current step."""
+    """What a worker's clients (of one server) received in the current step."""
 
     def __init__(self) -> None:
         self.reset("")
@@ -125,6 +133,7 @@ class Tally:
         self.delivered = self.stale = self.other = 0
         self.errors: Counter[str] = Counter()
         self.hist: Counter[int] = Counter()  # latency bucket (µs) -> deliveries
+        self.messages: Counter[str] = Counter()  # "<sender>:<seq>" -> deliveries
         self.max_us = 0
 
     def frame(self, kind: str, raw: str | bytes, now_ns: int) -> None:
@@ -141,9 +150,11 @@ class Tally:
         if not isinstance(text, str) or not text.startswith(self.prefix):
             self.stale += 1  # an earlier step's late delivery
             return
-        latency_us = (now_ns - int(text.rsplit(":", 1)[1])) // 1000
+        message_key, sent_ns = text[len(self.prefix):].rsplit(":", 1)
+        latency_us = (now_ns - int(sent_ns)) // 1000
         self.max_us = max(self.max_us, latency_us)
         self.hist[bucket(latency_us)] += 1
+        self.messages[message_key] += 1
         self.delivered += 1
 
 
@@ -181,18 +192,30 @@ class Client:
 
 
 class Worker:
-    """The clients of one process: ``ids`` (global indexes; the lowest ``senders`` ones send)."""
+    """The clients of one process: ``ids`` (global indexes; the lowest ``senders`` ones send).
 
-    def __init__(self, cfg: Config, ids: list[int], concurrency: int) -> None:
-        self.cfg, self.ids, self.concurrency = cfg, ids, concurrency
-        self.tally = Tally()
+    With several ``cfgs`` (servers of one room), client i goes to ``cfgs[i % len(cfgs)]``.
+    """
+
+    def __init__(self, cfgs: Config | Sequence[Config], ids: list[int], concurrency: int) -> None:
+        self.cfgs = (cfgs,) if isinstance(cfgs, Config) else tuple(cfgs)
+        self.cfg = self.cfgs[0]  # what all of them share: kind, room, timeout
+        self.ids, self.concurrency = ids, concurrency
+        self.tallies = [Tally() for _ in self.cfgs]  # one per server
         self.clients: dict[int, Any] = {}  # the clients that became ready
         self.commands: dict[str, Callable[..., Any]] = {"connect": self.connect, "step": self.step,
                                                          "close": self.close}
 
+    def server_of(self, index: int) -> int:
+        """Which of ``cfgs`` client ``index`` talks to."""
+        return server_of(index, len(self.cfgs))
+
+    def cfg_of(self, index: int) -> Config:
+        return self.cfgs[self.server_of(index)]
+
     def make_client(self, index: int) -> Any:
         """A client with ``open()`` and ``close()``; subclasses make their own kind."""
-        return Client(self.cfg, self.tally)
+        return Client(self.cfg_of(index), self.tallies[self.server_of(index)])
 
     async def connect(self, start_at: float) -> dict[str, Any]:
         """Open every client, ``concurrency`` at a time; time each one from page load to ready."""
@@ -213,13 +236,15 @@ class Worker:
                 self.clients[index] = client
 
         await asyncio.gather(*(one(i) for i in self.ids))
-        return {"ready_ms": ready_ms, "failures": dict(failures), "end": time.time()}
+        return {"ready_ms": ready_ms, "failures": dict(failures), "end": time.time(),
+                "ready_by_server": [sum(self.server_of(i) == s for i in self.clients) for s in range(len(self.cfgs))]}
 
     async def step(self, tag: str, rate: float, senders: int, start_at: float, duration: float,
                    drain: float) -> dict[str, Any]:
         """Send at ``rate`` messages/s in all (sender i at start + i/rate + n*senders/rate), then drain."""
         loop = asyncio.get_running_loop()
-        self.tally.reset(tag)
+        for tally in self.tallies:
+            tally.reset(tag)
         t0 = loop.time() + (start_at - time.time())
         window: dict[str, float] = {}  # this process's CPU seconds at the start and the end of sending
         loop.call_at(t0, lambda: window.__setitem__("start", cpu_seconds()))
@@ -242,16 +267,27 @@ class Worker:
                 n += 1
             return sent, failed, late
 
-        sending = [send(i, c) for i, c in self.clients.items() if i < senders]
-        results = await asyncio.gather(*sending)
+        sending = [i for i in self.clients if i < senders]
+        results = await asyncio.gather(*(send(i, self.clients[i]) for i in sending))
         await asyncio.sleep(max(0.0, t0 + duration + drain - loop.time()))
-        t = self.tally
+        tallies = self.tallies
+        hist: Counter[int] = sum((Counter(t.hist) for t in tallies), Counter())
         return {
             "sent": sum(r[0] for r in results), "send_failures": sum(r[1] for r in results),
-            "late_max_ms": max([r[2] for r in results] or [0.0]) * 1000, "delivered": t.delivered,
-            "hist": dict(t.hist), "max_us": t.max_us, "stale": t.stale, "other": t.other,
-            "errors": dict(t.errors), "closed": sum(not c.open_now for c in self.clients.values()),
+            "late_max_ms": max([r[2] for r in results] or [0.0]) * 1000,
+            "delivered": sum(t.delivered for t in tallies), "hist": dict(hist),
+            "max_us": max(t.max_us for t in tallies), "stale": sum(t.stale for t in tallies),
+            "other": sum(t.other for t in tallies), "errors": dict(sum((t.errors for t in tallies), Counter())),
+            "closed": sum(not c.open_now for c in self.clients.values()),
             "cpu_util": (window["end"] - window["start"]) / duration,
+            # Per server: its clients here, what its senders here sent, and what its clients here received.
+            "by_server": [
+                {"clients": sum(self.server_of(i) == s for i in self.clients),
+                 "senders": sum(self.server_of(i) == s for i in sending),
+                 "sent": sum(r[0] for i, r in zip(sending, results, strict=True) if self.server_of(i) == s),
+                 "delivered": t.delivered, "messages": dict(t.messages)}
+                for s, t in enumerate(tallies)
+            ],
         }
 
     async def close(self) -> dict[str, Any]:

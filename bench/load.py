@@ -9,12 +9,17 @@ after, unless ``--url`` names one already running):
   idle     N idle connections held: the server's memory per connection
   soak     clients chat for minutes while some reconnect and resume; counts gaps
   compare  fanout, ramp and connect against the project and the baseline; ratios
+  scale    the ramp against 1 project process, then against 2 sharing Redis (clients
+           and senders split between them); the ratio of the highest passing rates,
+           server CPU per process, and whether every message reached both servers' clients
 
 The project runs with production settings on the environment's
-``DATABASE_URL`` and ``REDIS_URL``. Figures are printed and written to
-``bench/results/<scenario>-<timestamp>.json``; ramp and compare also plot
-p99 latency against offered deliveries/s (``--plot``). docs/performance.md
-has the figures of record and the commands behind them.
+``DATABASE_URL`` and ``REDIS_URL`` (scale needs Redis: its two processes
+share the channel layer, presence and rate limits through it). Figures are
+printed and written to ``bench/results/<scenario>-<timestamp>.json``; ramp,
+compare and scale also plot p99 latency against offered deliveries/s
+(``--plot``). docs/performance.md has the figures of record and the
+commands behind them.
 """
 
 import argparse
@@ -32,7 +37,7 @@ from bench import scenarios
 from bench.clients import raise_open_files_limit
 from bench.report import RESULTS, plot_latency, save
 from bench.scenarios import Load
-from bench.servers import Target, start_baseline, start_project
+from bench.servers import Target, start_baseline, start_projects
 from bench.soak import Churn, soak
 
 # Per-scenario defaults for the options left unset (the sizes docs/performance.md uses).
@@ -43,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "idle": {"clients": 1000},
     "soak": {"clients": 300, "rate": 10.0, "drain": 10.0},
     "compare": {"clients": 1000, "senders": 20, "rate": 20.0},
+    "scale": {"clients": 100, "senders": 10, "rate": 20.0, "duration": 6.0, "drain": 3.0},
 }
 # Senders above the default limit (1 message/s each after a burst of 10) would be refused.
 RAISED_LIMIT = {"CHAT_RATE_PER_SECOND": "1000", "CHAT_RATE_BURST": "1000"}
@@ -53,24 +59,30 @@ def needs_raised_limit(load: Load, ramp: bool) -> bool:
 
 
 @contextmanager
-def server(kind: str, args: argparse.Namespace, raised_limit: bool) -> Iterator[Target]:
-    """The server to measure: the one at ``--url``, or one started here (and stopped after)."""
+def servers(kind: str, args: argparse.Namespace, raised_limit: bool, count: int = 1) -> Iterator[list[Target]]:
+    """The servers to measure: the one at ``--url``, or ``count`` started here (and stopped after).
+
+    Several project processes share one database and one Redis space (``start_projects``).
+    """
     if args.url:
         url = urlsplit(args.url)
         if raised_limit:
             print(f"  note: this load needs the rate limit raised on {args.url} "
                   f"({' '.join(f'{k}={v}' for k, v in RAISED_LIMIT.items())})", flush=True)
-        yield Target(kind, url.hostname or "127.0.0.1", url.port or 80, args.server_pid, {"url": args.url})
+        yield [Target(kind, url.hostname or "127.0.0.1", url.port or 80, args.server_pid, {"url": args.url})]
         return
     logs = args.out / "logs"
     extra = RAISED_LIMIT if raised_limit and kind == "project" else {}
-    target = start_project(log_dir=logs, extra_env=extra) if kind == "project" else start_baseline(log_dir=logs)
-    print(f"{kind} server: pid {target.pid} on {target.base}; "
-          f"{', '.join(f'{k}={v}' for k, v in target.settings.items())}", flush=True)
+    targets = (start_projects(count, log_dir=logs, extra_env=extra) if kind == "project"
+               else [start_baseline(log_dir=logs)])
+    for target in targets:
+        print(f"{kind} server: pid {target.pid} on {target.base}; "
+              f"{', '.join(f'{k}={v}' for k, v in target.settings.items())}", flush=True)
     try:
-        yield target
+        yield targets
     finally:
-        target.stop()
+        for target in targets:
+            target.stop()
 
 
 def load_from(args: argparse.Namespace, scenario: str, **override: Any) -> Load:
@@ -86,7 +98,7 @@ def run_one(scenario: str, kind: str, args: argparse.Namespace, load: Load) -> d
     """One scenario against one server; its figures, with the server's settings."""
     ramp = scenario == "ramp"
     raised = needs_raised_limit(load, ramp) and scenario in ("fanout", "ramp")
-    with server(kind, args, raised) as target:
+    with servers(kind, args, raised) as (target,):
         print(f"{scenario} against the {kind}:", flush=True)
         if scenario in ("fanout", "ramp"):
             result = scenarios.fanout(target, load, ramp=ramp)
@@ -133,6 +145,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def scale(args: argparse.Namespace) -> dict[str, Any]:
+    """The ramp against one project process, then two sharing Redis (rate limit raised, as for ramp)."""
+    return scenarios.scale(lambda count: servers("project", args, True, count), load_from(args, "scale"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,28 +157,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--target", choices=("project", "baseline"), default="project", help="the server to measure")
     ap.add_argument("--url", help="measure the server already running there (e.g. http://127.0.0.1:8101)")
     ap.add_argument("--server-pid", type=int, help="with --url: the server's pid, to sample its CPU and RSS")
-    ap.add_argument("-n", "--clients", type=int, help="connections (fanout 1000, ramp 100, soak 300)")
+    ap.add_argument("-n", "--clients", type=int, help="connections (fanout 1000, ramp and scale 100, soak 300)")
     ap.add_argument("-k", "--senders", type=int, help="sending clients, each its own browser (20)")
     ap.add_argument("-r", "--rate", type=float, help="messages/s from all senders together (20; soak 10)")
-    ap.add_argument("-T", "--duration", type=float, help="send window, s (10; ramp 6)")
+    ap.add_argument("-T", "--duration", type=float, help="send window, s (10; ramp and scale 6)")
     ap.add_argument("--drain", type=float, help="wait after sending, s; later deliveries count as not delivered (5)")
     ap.add_argument("--warmup", type=float, help="unscored step at a quarter of the rate first, s (2; 0: none)")
     ap.add_argument("-c", "--concurrency", type=int, help="connections opened at a time (50)")
     ap.add_argument("-P", "--procs", type=int, help="client worker processes (2)")
-    ap.add_argument("--factor", type=float, help="ramp: rate multiplier per step (1.5)")
-    ap.add_argument("--max-steps", type=int, help="ramp: most steps (10)")
-    ap.add_argument("--p99-max", type=float, help="ramp: a step passes with p99 <= this, ms (250)")
+    ap.add_argument("--factor", type=float, help="ramp, scale: rate multiplier per step (1.5)")
+    ap.add_argument("--max-steps", type=int, help="ramp, scale: most steps (10)")
+    ap.add_argument("--p99-max", type=float, help="ramp, scale: a step passes with p99 <= this, ms (250)")
     ap.add_argument("--hold", type=float, help="idle: hold the connections this long before sampling, s (5)")
     ap.add_argument("--minutes", type=float, default=3.0, help="soak: how long the chat goes on")
     ap.add_argument("--flaky", type=float, default=0.1, help="soak: share of clients that drop and reconnect")
     ap.add_argument("--reconnect-every", type=float, default=5.0, help="soak: seconds between drops (±50 %%)")
     ap.add_argument("--ramp-clients", type=int, default=100, help="compare: clients of the ramp")
-    ap.add_argument("--plot", type=Path, help="ramp/compare: where the PNG goes (default: next to the JSON)")
+    ap.add_argument("--plot", type=Path, help="ramp/compare/scale: where the PNG goes (default: next to the JSON)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory of the results files")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. what else ran)")
     args = ap.parse_args(argv)
-    if args.url and args.scenario == "compare":
-        ap.error("compare starts both servers itself: no --url")
+    if args.url and args.scenario in ("compare", "scale"):
+        ap.error(f"{args.scenario} starts its servers itself: no --url")
+    if args.scenario == "scale" and args.target == "baseline":
+        ap.error("scale measures the project's processes: no --target baseline")
     if args.scenario == "soak" and args.target == "baseline":
         ap.error("soak needs message ids and resume: the project only")
     return args
@@ -170,21 +189,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     raise_open_files_limit()
-    started = time.time()
+    started, loadavg_at_start = time.time(), os.getloadavg()
     if args.scenario == "compare":
         result = compare(args)
+    elif args.scenario == "scale":
+        result = scale(args)
     else:
         result = run_one(args.scenario, args.target, args, load_from(args, args.scenario))
     result.update(scenario=args.scenario, command=" ".join(["python -m bench.load", *(argv or sys.argv[1:])]),
                   started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                   elapsed_s=round(time.time() - started, 1), note=args.note,
                   machine={"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "loadavg_at_end": os.getloadavg()})
+                           "loadavg_at_start": loadavg_at_start, "loadavg_at_end": os.getloadavg()})
     path = save(result, args.scenario, args.out)
     print(f"results: {path}", flush=True)
-    if args.scenario in ("ramp", "compare"):
-        ramps = ({kind: run["ramp"].get("steps", []) for kind, run in result["runs"].items()}
-                 if args.scenario == "compare" else {args.target: result.get("steps", [])})
+    if args.scenario in ("ramp", "compare", "scale"):
+        if args.scenario == "compare":
+            ramps = {kind: run["ramp"].get("steps", []) for kind, run in result["runs"].items()}
+        elif args.scenario == "scale":
+            ramps = {f"project, {scenarios.processes_text(count)}": run.get("steps", [])
+                     for count, run in result["runs"].items()}
+        else:
+            ramps = {args.target: result.get("steps", [])}
         plot = plot_latency(ramps, args.plot or path.with_suffix(".png"), load_from(args, "ramp").p99_max)
         print(f"plot: {plot}", flush=True)
     result["path"] = str(path)

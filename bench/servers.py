@@ -2,7 +2,8 @@
 
 ``start_project`` runs the chat the way production does (``python -m
 chatsite.server``, ``DEBUG=0``, a secret key, WARNING logs) on the
-``DATABASE_URL`` and ``REDIS_URL`` of the environment, after migrating;
+``DATABASE_URL`` and ``REDIS_URL`` of the environment, after migrating
+(``start_projects``: several such processes sharing the channel layer);
 ``start_baseline`` runs daphne with the tutorial consumer of
 ``bench.baseline``. Only the processes started here are ever stopped.
 """
@@ -87,18 +88,43 @@ def start_project(
     migrate: bool = True,
 ) -> Target:
     """Migrate, then start ``python -m chatsite.server`` on a free port; wait for ``/healthz``."""
+    return start_projects(1, log_dir=log_dir, extra_env=extra_env, base_env=base_env, migrate=migrate)[0]
+
+
+def start_projects(
+    count: int, *, log_dir: Path, extra_env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None, migrate: bool = True,
+) -> list[Target]:
+    """Migrate once, then start ``count`` project servers, each on a free port, in one environment.
+
+    One environment means one database and one set of Redis key prefixes: the
+    processes share the channel layer, presence and rate limits, as the
+    replicas of a deployment do.
+    """
     env = project_env(os.environ if base_env is None else base_env, extra_env or {})
+    if count > 1 and not env.get("REDIS_URL"):
+        raise ValueError("several project processes share a room only through Redis: set REDIS_URL")
     if migrate:
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env,
                        check=True, timeout=300)
-    port = free_port()
-    command = [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(port), *DAPHNE_ARGS,
-               "chatsite.asgi:application"]
     settings = {key: env[key] for key in ("CHAT_RATE_PER_SECOND", "CHAT_RATE_BURST") if key in env}
     settings["database"] = env.get("DATABASE_URL", "sqlite (default)").split("@")[-1]
     settings["channel_layer"] = (env.get("REDIS_CHANNEL_LAYER", "pubsub") + " on Redis") if env.get(
         "REDIS_URL") else "in-memory"
-    return _start("project", command, env, port, log_dir, "/healthz", settings)
+    if count > 1:
+        settings["processes"] = str(count)
+    targets: list[Target] = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            command = [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(port), *DAPHNE_ARGS,
+                       "chatsite.asgi:application"]
+            targets.append(_start("project", command, env, port, log_dir, "/healthz", dict(settings)))
+    except BaseException:
+        for target in targets:
+            target.stop()
+        raise
+    return targets
 
 
 def start_baseline(*, log_dir: Path) -> Target:
@@ -162,3 +188,28 @@ def sample(pid: int | None) -> ProcSample | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return ProcSample(cpu_s=(int(fields[11]) + int(fields[12])) / ticks, rss_kb=int(rss.split()[1]))
+
+
+@dataclass
+class MachineSample:
+    """The whole machine's CPU time from ``/proc/stat``: busy and total, in clock ticks over all cores."""
+
+    busy: int
+    total: int
+
+
+def sample_machine() -> MachineSample | None:
+    """Read the first line of ``/proc/stat``; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return MachineSample(busy=sum(ticks) - ticks[3] - ticks[4], total=sum(ticks))
+
+
+def machine_busy(before: MachineSample | None, after: MachineSample | None) -> float | None:
+    """Cores busy on average between two samples (everything: servers, clients, PostgreSQL, Redis, others)."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    return round((after.busy - before.busy) / (after.total - before.total) * (os.cpu_count() or 1), 2)

@@ -162,7 +162,7 @@ class SoakWorker(Worker):
         self.commands["soak"] = self.soak
 
     def make_client(self, index: int) -> "SoakClient":
-        return SoakClient(self.cfg, flaky=bool(self.every_nth) and index % self.every_nth == 0)
+        return SoakClient(self.cfg_of(index), flaky=bool(self.every_nth) and index % self.every_nth == 0)
 
     async def soak(self, start_at: float, seconds: float, interval: float, every: float,
                    drain: float) -> dict[str, Any]:

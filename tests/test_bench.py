@@ -1,10 +1,12 @@
 """The load benchmark (bench/) still measures: tiny runs against real servers, so it cannot rot unseen."""
 
+from contextlib import contextmanager
+
 import pytest
 
 from bench import scenarios
 from bench.scenarios import Load
-from bench.servers import start_baseline, start_project
+from bench.servers import Target, start_baseline, start_project, start_projects
 from bench.soak import Churn, _gaps, soak
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
@@ -74,3 +76,55 @@ def test_soak_counts_a_stored_message_a_connected_client_never_got():
 
     assert found["gaps"] == 1 and found["clients_with_gaps"] == 1
     assert found["stored"] == 3 and found["received"] == 4
+
+
+@pytest.mark.redis
+def test_scale_ramps_one_process_then_two_that_deliver_across_each_other(server_env, tmp_path):
+    @contextmanager
+    def start(count):
+        targets = start_projects(count, log_dir=tmp_path, base_env=server_env, migrate=False)
+        try:
+            yield targets
+        finally:
+            for target in targets:
+                target.stop()
+
+    load = Load(clients=6, senders=2, rate=4.0, duration=0.5, drain=1.0, warmup=0.0, concurrency=6, procs=2,
+                max_steps=2)
+
+    result = scenarios.scale(start, load)
+
+    one, two = result["runs"]["1"], result["runs"]["2"]
+    assert [s["rate"] for s in one["steps"]] == [s["rate"] for s in two["steps"]] == [4.0, 6.0]
+    assert "by_server" not in one["steps"][0]
+    assert len({s["pid"] for s in two["servers"]}) == 2
+    for step in two["steps"]:
+        assert step["pass"] and step["delivered"] == step["expected"] == step["sent"] * 6
+        assert len(step["server"]["processes"]) == 2  # each process's CPU, sampled on its own
+        assert [(r["clients"], r["senders"]) for r in step["by_server"]] == [(3, 1), (3, 1)]
+        for row in step["by_server"]:  # half of what each server's clients got came through the other process
+            assert row["delivered"] == row["expected"] and row["messages_to_no_client"] == 0
+            assert row["delivered_from_other_servers"] == row["expected_from_other_servers"] > 0
+        assert step["every_message_on_every_server"]
+    assert result["ratio"] == 1.0 and result["ended_without_failure"] == ["1", "2"]  # both passed both steps
+    assert result["every_message_on_every_server"]["2"]["steps_every_message_on_every_server"] == 2
+
+
+def test_by_server_counts_a_message_that_reached_no_client_of_one_server():
+    servers = [Target("project", "127.0.0.1", 1), Target("project", "127.0.0.1", 2)]
+    # One worker; senders 0 (on server 0) and 1 (on server 1) sent 2 messages each.
+    answer = {"by_server": [
+        {"clients": 2, "senders": 1, "sent": 2, "delivered": 8,
+         "messages": {"0:0": 2, "0:1": 2, "1:0": 2, "1:1": 2}},
+        {"clients": 2, "senders": 1, "sent": 2, "delivered": 5,
+         "messages": {"0:0": 2, "1:0": 2, "1:1": 1}},  # 0:1 never crossed; one client missed 1:1
+    ]}
+
+    found = scenarios.by_server(servers, [answer])
+
+    first, second = found["by_server"]
+    assert first["expected"] == first["delivered"] == 8 and first["delivered_from_other_servers"] == 4
+    assert second["expected"] == 8 and second["delivered"] == 5
+    assert second["delivered_from_other_servers"] == 2 and second["expected_from_other_servers"] == 4
+    assert second["messages_to_every_client"] == 2 and second["messages_to_no_client"] == 1
+    assert not found["every_message_on_every_server"]
