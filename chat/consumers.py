@@ -2,14 +2,15 @@
 
 The consumer authenticates from ``scope``, parses each frame with
 ``chat.protocol``, calls one service or selector, and sends or broadcasts the
-result. Room broadcasts reach it through its process's ``RoomHub``
-(``chat.fanout``), as frames already encoded; events for one browser (a
-rename) come through the channel layer.
+result. Room broadcasts and its browser's events (a rename) reach it
+through its process's ``RoomHub`` (``chat.fanout``), room frames already
+encoded; the consumer has no channel-layer channel of its own.
 """
 
 import asyncio
 import logging
 import sys
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +40,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 class ChatConsumer(AsyncWebsocketConsumer):
     """A websocket of one browser tab in one room."""
 
+    # No channel of its own: the hub brings room and browser events, and a
+    # channel per socket costs each socket memory and a Redis subscription.
+    channel_layer_alias = None
+
     identity: Identity | None = None
     # Room broadcasts that arrive before the welcome wait here (None once sent),
     # with the message id of chat frames.
@@ -52,6 +57,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.room: str = self.scope["url_route"]["kwargs"]["room"]
+        # This socket's name in presence and the socket count.
+        self.conn = uuid.uuid4().hex
         self.presence = get_presence()
         self.rate_limiter = get_rate_limiter()
         self.connections = get_connections()
@@ -59,7 +66,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.writer = get_writer()
         # daphne's own send, for room broadcasts (ServerSendMiddleware).
         self.server_send = self.scope.get(SERVER_SEND, self.base_send)
-        self.heartbeat: asyncio.Task[None] | None = None
         user = self.scope.get("user")
         try:
             identity = await database_sync_to_async(services.resolve_identity)(
@@ -83,16 +89,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Listen first, then read the newest id: a message committed in
             # between is then either under `last_id` (so `resume` finds it)
             # or delivered live (held until the welcome is out), never lost.
-            await self.hub.join(self.room, self)
-            await self.channel_layer.group_add(events.author_group(identity.author_id), self.channel_name)
+            await self.hub.join(self.room, self, author=identity.author_id)
             last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
             self.hub.start_from(self.room, last_id)
-            await self.presence.join(room=self.room, conn=self.channel_name, tab=self.tab())
-            presence_version, presence = await self.hub.presence_for_joiner(self.room, self.channel_name, self.tab())
+            await self.presence.join(room=self.room, conn=self.conn, tab=self.tab())
+            presence_version, presence = await self.hub.presence_for_joiner(self.room, self.conn, self.tab())
             await self.send(
                 text_data=protocol.welcome_frame(
                     room=self.room,
-                    username=identity.username,
+                    username=self.identity.username,  # a rename may have come meanwhile
                     author_id=identity.author_id,
                     verified=identity.verified,
                     last_id=last_id,
@@ -111,23 +116,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
                            self.room, exc.__class__.__name__)
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
-        self.heartbeat = asyncio.create_task(self.keep_present())
         logger.info("connected room=%s author=%s verified=%s", self.room, identity.author_id, identity.verified)
 
     async def disconnect(self, code: int) -> None:
         if self.identity is None:
             return
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
         logger.info("disconnected room=%s author=%s code=%s", self.room, self.identity.author_id, code)
         try:
             # Leave the groups first: daphne gives a closed socket's consumer
             # only --application-close-timeout (10 s) to finish, and a stale
             # group member costs every later broadcast until it expires.
-            await self.hub.leave(self.room, self)
-            await self.channel_layer.group_discard(events.author_group(self.identity.author_id), self.channel_name)
-            await self.connections.close(author_id=self.identity.author_id, conn=self.channel_name)
-            if await self.presence.leave(room=self.room, conn=self.channel_name):
+            await self.hub.leave(self.room, self, author=self.identity.author_id)
+            await self.connections.close(author_id=self.identity.author_id, conn=self.conn)
+            if await self.presence.leave(room=self.room, conn=self.conn):
                 await self.announce_presence()
         except UNAVAILABLE as exc:
             # Presence entries and group memberships expire on their own.
@@ -212,7 +213,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
 
-    # --- Room broadcasts (from the hub) and channel-layer events -------------
+    # --- From the hub: room broadcasts and the browser's events ------------------
 
     async def deliver(self, frame: str, message_id: int | None = None) -> None:
         """Send a room broadcast to this socket (after the welcome); ``message_id`` of a chat frame."""
@@ -237,14 +238,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=frame)
 
     async def identity_changed(self, event: dict[str, Any]) -> None:
-        """This browser was renamed (by one of its tabs, or by staff)."""
+        """This browser was renamed (by one of its tabs, or by staff): show it."""
         if self.identity is None:
             return
         self.identity = replace(self.identity, username=event["username"])
-        await self.send(text_data=protocol.identity_frame(username=event["username"]))
-        if event["old"] == event["username"]:
+        await self.deliver(protocol.identity_frame(username=event["username"]))
+
+    async def announce_rename(self, event: dict[str, Any]) -> None:
+        """Tell the room (one tab per room does, across processes too) and fix its presence list."""
+        if self.identity is None:
             return
-        # Every tab of the browser gets this event; one per room tells the room.
         try:
             if not await self.presence.claim(f"rename:{event['change_id']}:{self.room}"):
                 return
@@ -259,11 +262,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
 
     async def layer_recovered(self) -> None:
-        """Redis came back (maybe empty): put this tab back in its browser's group and in presence."""
-        assert self.identity is not None
-        await self.channel_layer.group_add(events.author_group(self.identity.author_id), self.channel_name)
-        if await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab()):
+        """Redis came back (maybe empty): put this tab back in presence."""
+        if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
             await self.announce_presence()
+
+    async def refresh_presence(self) -> None:
+        """Renew this tab's presence entry and socket count (the hub asks, a third of the expiry apart)."""
+        if self.identity is None:
+            return
+        try:
+            await self.connections.refresh(author_id=self.identity.author_id, conn=self.conn)
+            if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
+                await self.announce_presence()
+        except UNAVAILABLE as exc:
+            logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
 
     # --- Helpers ------------------------------------------------------------------
 
@@ -287,21 +299,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Tell every process serving this room that its people changed."""
         await events.publish(events.room_group(self.room), events.presence_changed(self.room))
 
-    async def keep_present(self) -> None:
-        """Refresh this tab's presence entry until the socket closes."""
-        while True:
-            await asyncio.sleep(settings.CHAT_PRESENCE_TTL / 3)
-            try:
-                await self.connections.refresh(author_id=self.tab().author_id, conn=self.channel_name)
-                if await self.presence.heartbeat(room=self.room, conn=self.channel_name, tab=self.tab()):
-                    await self.announce_presence()
-            except UNAVAILABLE as exc:
-                logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
-
     async def admit(self, identity: Identity) -> bool:
         """Count this socket against its identity's cap; close it when over (or when uncountable)."""
         try:
-            admitted = await self.connections.open(author_id=identity.author_id, conn=self.channel_name)
+            admitted = await self.connections.open(author_id=identity.author_id, conn=self.conn)
         except UNAVAILABLE as exc:
             logger.warning("connect closed room=%s: socket count unavailable (%s)", self.room, exc.__class__.__name__)
             await self.close(code=CLOSE_TRY_AGAIN_LATER)

@@ -9,6 +9,12 @@ channel-layer message, no per-socket JSON encoding and no per-socket trip
 through the consumer's dispatch (which in Channels 4.3 hops to the database
 thread before every handler).
 
+A browser's events (a rename reaching all its tabs) come the same way: the
+hub joins the browser's group while it has one of its tabs, so a socket has
+no channel-layer channel or subscription of its own. The hub also renews
+every socket's presence entry on one timer. Both keep an idle socket's share
+of server memory small (docs/performance.md).
+
 Chat messages are delivered in id order, each once, and none is skipped even
 when the channel layer loses one (Redis restarting, a publish that failed
 after its commit, a subscription that was reconnecting): each message event
@@ -60,6 +66,15 @@ class Member(Protocol):
     async def deliver_presence(self, version: int, frame: str) -> None:
         """Send the room's presence frame (of that version), unless this socket has it already."""
 
+    async def identity_changed(self, event: dict[str, Any]) -> None:
+        """Its browser was renamed: show the new name (no I/O but the socket's)."""
+
+    async def announce_rename(self, event: dict[str, Any]) -> None:
+        """Tell this socket's room about its browser's rename (one socket per room and process is asked)."""
+
+    async def refresh_presence(self) -> None:
+        """Renew what this socket keeps alive in the shared stores (presence, socket count)."""
+
     async def layer_recovered(self) -> None:
         """The channel layer (Redis) came back: restore what lives there for this socket."""
 
@@ -90,9 +105,12 @@ class RoomHub:
     def __init__(self, layer: BaseChannelLayer) -> None:
         self.layer = layer
         self.feeds: dict[str, Feed] = {}
+        # Local sockets by browser (author id), for the browser's events.
+        self.authors: dict[str, set[Member]] = {}
         self._channel: str | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         # Only a layer outside the process (Redis) can lose events.
         self._probe_enabled = bool(settings.REDIS_URL)
         self._probe_tokens = itertools.count()
@@ -102,19 +120,26 @@ class RoomHub:
         self._presence_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def join(self, room: str, member: Member) -> None:
-        """Start delivering ``room``'s broadcasts to ``member``."""
+    async def join(self, room: str, member: Member, *, author: str | None = None) -> None:
+        """Start delivering ``room``'s broadcasts to ``member``, and its browser's events (``author``)."""
         async with self._membership:
+            if self._channel is None:
+                self._channel = await self.layer.new_channel()
             if room not in self.feeds:
-                if self._channel is None:
-                    self._channel = await self.layer.new_channel()
                 await self.layer.group_add(events.room_group(room), self._channel)
                 self.feeds[room] = Feed()
+            if author is not None and author not in self.authors:
+                await self.layer.group_add(events.author_group(author), self._channel)
+                self.authors[author] = set()
             self.feeds[room].members.add(member)
+            if author is not None:
+                self.authors[author].add(member)
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
             if self._probe_enabled and (self._watchdog is None or self._watchdog.done()):
                 self._watchdog = asyncio.create_task(self._watch())
+            if self._heartbeat is None or self._heartbeat.done():
+                self._heartbeat = asyncio.create_task(self._keep_present())
 
     def start_from(self, room: str, last_id: int | None) -> None:
         """Note the room's newest message id as read when a socket joined.
@@ -126,27 +151,32 @@ class RoomHub:
         if feed is not None and feed.last_id is None:
             feed.last_id = last_id or 0
 
-    async def leave(self, room: str, member: Member) -> None:
-        """Stop delivering to ``member``; the last one out leaves the group."""
+    async def leave(self, room: str, member: Member, *, author: str | None = None) -> None:
+        """Stop delivering to ``member``; the last one out of a room or browser leaves its group."""
         async with self._membership:
             feed = self.feeds.get(room)
             if feed is None or member not in feed.members:
                 return
             feed.members.discard(member)
+            assert self._channel is not None
+            if author is not None and author in self.authors:
+                self.authors[author].discard(member)
+                if not self.authors[author]:
+                    del self.authors[author]
+                    await self.layer.group_discard(events.author_group(author), self._channel)
             if feed.members:
                 return
             del self.feeds[room]
             if feed.repair is not None:
                 feed.repair.cancel()
-            assert self._channel is not None
             await self.layer.group_discard(events.room_group(room), self._channel)
             if not self.feeds:
                 # A cancelled receive ends the channel (the pub/sub layer
                 # unsubscribes it): the next join makes a new one.
-                for task in (self._reader, self._watchdog):
+                for task in (self._reader, self._watchdog, self._heartbeat):
                     if task is not None:
                         task.cancel()
-                self._reader = self._watchdog = None
+                self._reader = self._watchdog = self._heartbeat = None
                 self._channel = None
 
     # --- Reading the layer ----------------------------------------------------
@@ -171,6 +201,9 @@ class RoomHub:
             if echo is not None and not echo.done():
                 echo.set_result(None)
             return
+        if event["type"] == "identity.changed":
+            await self._identity_changed(event)
+            return
         room = event.get("room")
         if room not in self.feeds:
             return
@@ -188,6 +221,27 @@ class RoomHub:
                 await member.deliver(frame, message_id)
             except Exception:  # one broken socket must not silence the room
                 logger.exception("delivery failed room=%s", room)
+
+    async def _identity_changed(self, event: dict[str, Any]) -> None:
+        """A browser was renamed: each of its local tabs shows it, then one tab per room tells the room."""
+        tabs = list(self.authors.get(event["author_id"], ()))
+        for tab in tabs:
+            try:
+                await tab.identity_changed(event)
+            except Exception:
+                logger.exception("rename delivery failed")
+        if event["old"] == event["username"]:
+            return
+        # Telling a room takes Redis round trips: off the reader, so the
+        # room's messages keep flowing meanwhile.
+        one_per_room = {feed_room: tab for tab in tabs for feed_room, feed in self.feeds.items() if tab in feed.members}
+        for tab in one_per_room.values():
+            self._spawn(tab.announce_rename(event))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- Chat messages: in order, once, no gaps ----------------------------------
 
@@ -300,12 +354,13 @@ class RoomHub:
     async def _recovered(self) -> None:
         # A layer that keeps groups in Redis (the core layer) lost them in a
         # restart; joining again is harmless for the pub/sub layer.
-        for room in list(self.feeds):
+        groups = [events.room_group(room) for room in self.feeds] + [events.author_group(a) for a in self.authors]
+        for group in groups:
             try:
                 assert self._channel is not None
-                await self.layer.group_add(events.room_group(room), self._channel)
+                await self.layer.group_add(group, self._channel)
             except Exception as exc:
-                logger.warning("room hub cannot rejoin room=%s: %s", room, exc.__class__.__name__)
+                logger.warning("room hub cannot rejoin group=%s: %s", group, exc.__class__.__name__)
         self.catch_up()
         for feed in list(self.feeds.values()):
             for member in list(feed.members):
@@ -315,6 +370,17 @@ class RoomHub:
                     logger.exception("socket could not restore its state after the outage")
 
     # --- Presence -------------------------------------------------------------------
+
+    async def _keep_present(self) -> None:
+        """Renew every local socket's presence entry, a third of the expiry apart."""
+        while True:
+            await asyncio.sleep(settings.CHAT_PRESENCE_TTL / 3)
+            for feed in list(self.feeds.values()):
+                for member in list(feed.members):
+                    try:
+                        await member.refresh_presence()
+                    except Exception:
+                        logger.exception("presence refresh failed")
 
     async def presence_for_joiner(self, room: str, conn: str, tab: Tab) -> tuple[int, str]:
         """The presence frame (and its version) for a tab that has just joined ``room``.
@@ -345,9 +411,7 @@ class RoomHub:
         if room in self._presence_due:
             return
         self._presence_due.add(room)
-        task = asyncio.create_task(self._send_presence(room))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._send_presence(room))
 
     def _settle_delay(self, room: str) -> float:
         # A bigger room waits longer (up to 2 s): its presence frame costs more to send.

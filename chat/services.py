@@ -45,10 +45,12 @@ def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None
 
 
 def _announce_name(*, session_id: uuid.UUID, old: str, username: str) -> None:
+    author_id = author_id_for(session_id)
     events.send_event_on_commit(
-        events.author_group(author_id_for(session_id)),
+        events.author_group(author_id),
         {
             "type": "identity.changed",
+            "author_id": author_id,
             "change_id": uuid.uuid4().hex,
             "old": old,
             "username": username,

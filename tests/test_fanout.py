@@ -28,6 +28,15 @@ class Socket:
     async def deliver_presence(self, version: int, frame: str) -> None:
         await self.deliver(frame)
 
+    async def identity_changed(self, event: dict) -> None:
+        self.frames.append(json.dumps({"type": "identity", "username": event["username"]}))
+
+    async def announce_rename(self, event: dict) -> None:
+        pass
+
+    async def refresh_presence(self) -> None:
+        pass
+
     async def layer_recovered(self) -> None:
         pass
 
