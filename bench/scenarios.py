@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.clients import Client, Config, Pool, Tally, Worker, server_of
@@ -270,29 +270,49 @@ def warm_up(target: Target, room: str) -> None:
 
 
 def idle(target: Target, load: Load) -> dict[str, Any]:
-    """Hold ``clients`` idle connections: the server's memory per connection."""
+    """Hold ``clients`` idle connections: the server's memory per connection.
+
+    They open in two halves. Memory per connection is given two ways: all
+    growth over all connections (``kb_per_connection``: it includes what
+    grows once with the load, such as the Redis and database pools of 50
+    concurrent connects and the allocator's high-water mark), and what the
+    second half added (``kb_per_added_connection``: the cost of one more
+    idle socket, once those have grown).
+    """
     room = new_room()
     warm_up(target, room)
     time.sleep(1)
     before = sample(target.pid)
-    pool = open_pool(target, load, room)
+    first_half = replace(load, clients=load.clients // 2)
+    second_half = replace(load, clients=load.clients - first_half.clients)
+    pools = [open_pool(target, first_half, room)]
     try:
-        result = {"load": vars(load).copy(), "connect": connect_all(pool, target, load)}
+        first = connect_all(pools[0], target, first_half)
         time.sleep(load.hold)  # let presence settle
+        mid = sample(target.pid)
+        pools.append(open_pool(target, second_half, room))
+        second = connect_all(pools[1], target, second_half)
+        time.sleep(load.hold)
         held = sample(target.pid)
     finally:
-        pool.close()
+        for pool in pools:
+            pool.close()
+    ok_first, ok = first["ok"], first["ok"] + second["ok"]
+    result = {"load": vars(load).copy(), "connect": first, "connect_second_half": second}
     time.sleep(3)
     after = sample(target.pid)
-    if before and held and after:
-        ok = max(1, result["connect"]["ok"])
+    if before and mid and held and after:
         result["memory"] = {"rss_before_mb": round(before.rss_kb / 1024, 1),
+                            "rss_half_mb": round(mid.rss_kb / 1024, 1),
                             "rss_held_mb": round(held.rss_kb / 1024, 1),
                             "rss_after_close_mb": round(after.rss_kb / 1024, 1),
-                            "kb_per_connection": round((held.rss_kb - before.rss_kb) / ok, 1)}
+                            "kb_per_connection": round((held.rss_kb - before.rss_kb) / max(1, ok), 1),
+                            "kb_per_added_connection": round((held.rss_kb - mid.rss_kb) / max(1, ok - ok_first), 1)}
         m = result["memory"]
-        print(f"  idle: RSS {m['rss_before_mb']} MB before, {m['rss_held_mb']} MB holding {ok} connections "
-              f"= {m['kb_per_connection']} KB each; {m['rss_after_close_mb']} MB after closing them", flush=True)
+        print(f"  idle: RSS {m['rss_before_mb']} MB before, {m['rss_half_mb']} MB holding {ok_first}, "
+              f"{m['rss_held_mb']} MB holding {ok} connections = {m['kb_per_connection']} KB each, "
+              f"{m['kb_per_added_connection']} KB for each of the second {ok - ok_first}; "
+              f"{m['rss_after_close_mb']} MB after closing them", flush=True)
     return result
 
 
