@@ -378,7 +378,8 @@ class RoomHub:
             for feed in list(self.feeds.values()):
                 for member in list(feed.members):
                     try:
-                        await member.refresh_presence()
+                        # One socket's stuck call must not hold up the others' renewal.
+                        await asyncio.wait_for(member.refresh_presence(), PROBE_TIMEOUT)
                     except Exception:
                         logger.exception("presence refresh failed")
 

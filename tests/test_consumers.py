@@ -5,6 +5,7 @@ counts, per-identity rate limits, and exact query counts. With REDIS_URL set
 these run over the Redis channel layer, presence and rate limits.
 """
 
+import asyncio
 import json
 import uuid
 
@@ -326,6 +327,18 @@ async def test_presence_counts_people_and_tabs():
     presence = await g.recv_type("presence")
     assert [u["tabs"] for u in presence["users"]] == [1]
     await g.close()
+
+
+async def test_an_idle_tab_stays_present_past_many_expiries(settings):
+    settings.CHAT_PRESENCE_TTL = 0.6  # the hub renews every tab each 0.2 s
+    idle = await open_tab(await new_browser())
+    await asyncio.sleep(2)  # more than three expiries without a frame from the tab
+    newcomer = Tab(await new_browser())
+    await newcomer.open()
+    presence = await newcomer.recv_type("presence")
+    assert len(presence["users"]) == 2
+    await newcomer.close()
+    await idle.close()
 
 
 async def test_a_crowd_joining_shows_up_in_a_few_presence_frames_not_one_each():
