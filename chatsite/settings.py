@@ -121,7 +121,7 @@ else:
     }
 
 # --- Sessions: one long-lived cookie per browser ------------------------------
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_ENGINE = "chat.sessions"  # database sessions (chat/sessions.py)
 # Browsers keep a cookie at most 400 days; a longer server-side session would
 # only outlive the cookie that points to it.
 SESSION_COOKIE_AGE = min(env.int("SESSION_COOKIE_DAYS", default=400), 400) * 24 * 3600

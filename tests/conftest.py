@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from chat import connections, presence, ratelimit
+from chat.sessions import SessionStore
 from chat.identity import ensure_session_id
 from tests.servers import NGINX, Server, server_environment
 

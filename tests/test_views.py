@@ -86,6 +86,38 @@ def test_session_id_survives_login_key_rotation_and_logout(client):
     assert session_id_of(client) == first
 
 
+def test_query_counts_of_a_first_and_a_returning_page_view(client, data_queries):
+    with data_queries() as first:
+        assert client.get("/chat/lobby/").status_code == 200
+    # the settings lookup, the newest 50, and the new session's insert (no
+    # lookup of its random key first: the insert refuses a key in use)
+    assert first.count == 3, first.statements
+    assert first.statements[-1].startswith('INSERT INTO "django_session"')
+    with data_queries() as returning:
+        assert client.get("/chat/lobby/").status_code == 200
+    # the session, the settings lookup, the newest 50; nothing written
+    assert returning.count == 3, returning.statements
+    assert not any(sql.startswith(("INSERT", "UPDATE")) for sql in returning.statements)
+
+
+def test_a_new_session_whose_key_is_taken_gets_another(monkeypatch):
+    from django.contrib.sessions.models import Session
+
+    from chat import sessions
+
+    taken = sessions.SessionStore()
+    taken["session_id"] = "theirs"
+    taken.create()
+    keys = iter([taken.session_key, "k" * 32])
+    monkeypatch.setattr(sessions, "get_random_string", lambda length, chars: next(keys))
+    session = sessions.SessionStore()
+    session["session_id"] = "mine"
+    session.save()
+    assert session.session_key == "k" * 32
+    assert Session.objects.count() == 2
+    assert sessions.SessionStore(taken.session_key).load() == {"session_id": "theirs"}  # untouched
+
+
 def test_first_render_holds_the_name_and_newest_50_oldest_first(client):
     client.get("/chat/lobby/")
     sid = session_id_of(client)
