@@ -3,7 +3,7 @@
 One browser (one ``author_id``) may hold at most
 ``CHAT_MAX_SOCKETS_PER_IDENTITY`` sockets (default 20); the consumer closes a
 socket over the cap with 4429. With ``REDIS_URL`` each identity's sockets are
-a sorted set in Redis (member: the consumer's channel name, score: its expiry
+a sorted set in Redis (member: the socket's id, ``ChatConsumer.conn``, score: its expiry
 time); the presence heartbeat refreshes the entry, so the sockets of a killed
 process stop counting after ``CHAT_PRESENCE_TTL``. Without ``REDIS_URL`` the
 count is a dict in this process.
@@ -53,7 +53,7 @@ class LocalConnections:
 
 
 # KEYS[1] = the identity's sockets (zset); ARGV = time to live in ms, cap,
-# channel name. Prunes expired sockets, then adds this one if under the cap
+# socket id (`ChatConsumer.conn`). Prunes expired sockets, then adds this one if under the cap
 # (one already counted is just refreshed). Returns 1 if counted, else 0.
 _OPEN = """
 local ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2])

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # answered with "unavailable" and the socket stays open.
 UNAVAILABLE = (DatabaseError, RedisError, OSError, asyncio.TimeoutError)
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_ABNORMAL = 1006
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -54,11 +55,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
     presence_version = 0
     last_presence: str | None = None
     presence_missed = False
+    # Set when the socket's cleanup begins: no renewal may put it back after.
+    closing = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.identity is not None and not self.closing:
+                # The consumer ended without `disconnect` (an error, or daphne
+                # cancelled it): clean up in a task of the hub's, so the room
+                # does not keep a ghost the hub would renew forever.
+                self.hub.spawn(self.disconnect(CLOSE_ABNORMAL))
 
     async def connect(self) -> None:
         self.room: str = self.scope["url_route"]["kwargs"]["room"]
         # This socket's name in presence and the socket count.
         self.conn = uuid.uuid4().hex
+        # Held by a presence renewal and by the cleanup, so a renewal under way
+        # when the socket closes ends before the cleanup removes the entries.
+        self.renewal = asyncio.Lock()
         self.presence = get_presence()
         self.rate_limiter = get_rate_limiter()
         self.connections = get_connections()
@@ -119,19 +135,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         logger.info("connected room=%s author=%s verified=%s", self.room, identity.author_id, identity.verified)
 
     async def disconnect(self, code: int) -> None:
-        if self.identity is None:
+        if self.identity is None or self.closing:
             return
+        self.closing = True
         logger.info("disconnected room=%s author=%s code=%s", self.room, self.identity.author_id, code)
+        # Leave the hub first (it logs what it cannot undo in Redis): daphne
+        # gives a closed socket's consumer only --application-close-timeout
+        # (10 s) to finish, and the hub must stop delivering to it and renewing it.
+        await self.hub.leave(self.room, self, author=self.identity.author_id)
         try:
-            # Leave the groups first: daphne gives a closed socket's consumer
-            # only --application-close-timeout (10 s) to finish, and a stale
-            # group member costs every later broadcast until it expires.
-            await self.hub.leave(self.room, self, author=self.identity.author_id)
-            await self.connections.close(author_id=self.identity.author_id, conn=self.conn)
-            if await self.presence.leave(room=self.room, conn=self.conn):
-                await self.announce_presence()
+            async with self.renewal:
+                await self.connections.close(author_id=self.identity.author_id, conn=self.conn)
+                if await self.presence.leave(room=self.room, conn=self.conn):
+                    await self.announce_presence()
         except UNAVAILABLE as exc:
-            # Presence entries and group memberships expire on their own.
+            # Its presence entry and socket count expire on their own (CHAT_PRESENCE_TTL).
             logger.warning("disconnect cleanup failed room=%s: %s", self.room, exc.__class__.__name__)
 
     # --- Client frames ----------------------------------------------------
@@ -186,10 +204,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 username=frame.username,
                 previous=self.identity.username,
             )
-        except events.BroadcastFailed:
-            # Saved; other tabs see it on their next connect.
-            self.identity = replace(self.identity, username=frame.username)
-            await self.send(text_data=protocol.identity_frame(username=frame.username))
+        except events.BroadcastFailed as failed:
+            # Saved, but the layer (Redis) did not take the event: this
+            # process's tabs of the browser get it at once; tabs on other
+            # processes see the name on their next connect.
+            for _group, event in failed.unsent:
+                await self.hub.dispatch(event)
         except UNAVAILABLE:
             await self.send_unavailable(client_id=None)
 
@@ -263,6 +283,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def layer_recovered(self) -> None:
         """Redis came back (maybe empty): put this tab back in presence."""
+        if self.closing:
+            return
         if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
             await self.announce_presence()
 
@@ -271,9 +293,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.identity is None:
             return
         try:
-            await self.connections.refresh(author_id=self.identity.author_id, conn=self.conn)
-            if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
-                await self.announce_presence()
+            async with self.renewal:
+                if self.closing:
+                    return  # the cleanup has begun: renewing would bring the tab back
+                await self.connections.refresh(author_id=self.identity.author_id, conn=self.conn)
+                if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
+                    await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
 

@@ -1,7 +1,8 @@
 """The one place that broadcasts: channel-layer groups and the events sent to them.
 
 Room events go to one channel per server process (``chat.fanout``), which
-passes them on to its sockets in the room; author events go to each tab.
+passes them on to its sockets in the room; author events (a rename) the same way,
+to the tabs of that browser it holds.
 
 Services call :func:`send_event_on_commit`; the event leaves only once the
 write that caused it has committed. Event payloads carry the frame already

@@ -55,6 +55,8 @@ REORDER_WAIT = 0.25
 # fails at once (Redis refuses) or takes this long marks the layer down.
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 5.0
+# Sockets whose presence the hub renews at the same time.
+RENEW_AT_ONCE = 50
 
 
 class Member(Protocol):
@@ -121,19 +123,26 @@ class RoomHub:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def join(self, room: str, member: Member, *, author: str | None = None) -> None:
-        """Start delivering ``room``'s broadcasts to ``member``, and its browser's events (``author``)."""
+        """Start delivering ``room``'s broadcasts to ``member``, and its browser's events (``author``).
+
+        Raises what the channel layer raised (Redis down); then nothing is recorded.
+        """
         async with self._membership:
             if self._channel is None:
                 self._channel = await self.layer.new_channel()
-            if room not in self.feeds:
-                await self.layer.group_add(events.room_group(room), self._channel)
-                self.feeds[room] = Feed()
-            if author is not None and author not in self.authors:
-                await self.layer.group_add(events.author_group(author), self._channel)
-                self.authors[author] = set()
-            self.feeds[room].members.add(member)
+            added: list[str] = []
+            try:
+                if room not in self.feeds:
+                    await self.layer.group_add(events.room_group(room), self._channel)
+                    added.append(events.room_group(room))
+                if author is not None and author not in self.authors:
+                    await self.layer.group_add(events.author_group(author), self._channel)
+            except Exception:
+                await self._discard(added, self._channel)
+                raise
+            self.feeds.setdefault(room, Feed()).members.add(member)
             if author is not None:
-                self.authors[author].add(member)
+                self.authors.setdefault(author, set()).add(member)
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
             if self._probe_enabled and (self._watchdog is None or self._watchdog.done()):
@@ -152,24 +161,30 @@ class RoomHub:
             feed.last_id = last_id or 0
 
     async def leave(self, room: str, member: Member, *, author: str | None = None) -> None:
-        """Stop delivering to ``member``; the last one out of a room or browser leaves its group."""
+        """Stop delivering to ``member``; the last one out of a room or browser leaves its group.
+
+        The hub's own records change first, so a channel layer that is down
+        (the unsubscribes fail, and are only logged) leaves nothing behind here.
+        """
         async with self._membership:
             feed = self.feeds.get(room)
             if feed is None or member not in feed.members:
                 return
             feed.members.discard(member)
-            assert self._channel is not None
+            channel = self._channel
+            assert channel is not None
+            groups: list[str] = []
             if author is not None and author in self.authors:
                 self.authors[author].discard(member)
                 if not self.authors[author]:
                     del self.authors[author]
-                    await self.layer.group_discard(events.author_group(author), self._channel)
-            if feed.members:
-                return
-            del self.feeds[room]
-            if feed.repair is not None:
-                feed.repair.cancel()
-            await self.layer.group_discard(events.room_group(room), self._channel)
+                    groups.append(events.author_group(author))
+            if not feed.members:
+                del self.feeds[room]
+                if feed.repair is not None:
+                    feed.repair.cancel()
+                groups.append(events.room_group(room))
+            await self._discard(groups, channel)
             if not self.feeds:
                 # A cancelled receive ends the channel (the pub/sub layer
                 # unsubscribes it): the next join makes a new one.
@@ -178,6 +193,17 @@ class RoomHub:
                         task.cancel()
                 self._reader = self._watchdog = self._heartbeat = None
                 self._channel = None
+
+    async def _discard(self, groups: list[str], channel: str) -> None:
+        for group in groups:
+            try:
+                await self.layer.group_discard(group, channel)
+            except Exception as exc:  # Redis down: its subscriptions go with the connection
+                logger.warning("room hub cannot leave group=%s: %s", group, exc.__class__.__name__)
+
+    def has(self, member: Member) -> bool:
+        """Whether ``member`` is still in one of the hub's rooms."""
+        return any(member in feed.members for feed in self.feeds.values())
 
     # --- Reading the layer ----------------------------------------------------
 
@@ -193,7 +219,10 @@ class RoomHub:
                 self.layer_ok = False
                 await asyncio.sleep(1)
                 continue
-            await self.dispatch(event)
+            try:
+                await self.dispatch(event)
+            except Exception:  # one bad event (an older process's, say) must not stop the reader
+                logger.exception("room hub cannot handle an event of type %r", event.get("type"))
 
     async def dispatch(self, event: dict[str, Any]) -> None:
         if event["type"] == "hub.probe":
@@ -224,7 +253,7 @@ class RoomHub:
 
     async def _identity_changed(self, event: dict[str, Any]) -> None:
         """A browser was renamed: each of its local tabs shows it, then one tab per room tells the room."""
-        tabs = list(self.authors.get(event["author_id"], ()))
+        tabs = list(self.authors.get(event.get("author_id", ""), ()))
         for tab in tabs:
             try:
                 await tab.identity_changed(event)
@@ -236,9 +265,10 @@ class RoomHub:
         # room's messages keep flowing meanwhile.
         one_per_room = {feed_room: tab for tab in tabs for feed_room, feed in self.feeds.items() if tab in feed.members}
         for tab in one_per_room.values():
-            self._spawn(tab.announce_rename(event))
+            self.spawn(tab.announce_rename(event))
 
-    def _spawn(self, work: Any) -> None:
+    def spawn(self, work: Any) -> None:
+        """Run ``work`` as a task of its own, kept until it ends."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -372,16 +402,34 @@ class RoomHub:
     # --- Presence -------------------------------------------------------------------
 
     async def _keep_present(self) -> None:
-        """Renew every local socket's presence entry, a third of the expiry apart."""
+        """Renew every local socket's presence entry and socket count, a third of the expiry apart.
+
+        Renewals run ``RENEW_AT_ONCE`` at a time, and passes keep a fixed
+        schedule, so a pass over thousands of sockets takes a few round
+        trips' time and does not push the next one back.
+        """
+        loop = asyncio.get_running_loop()
+        interval = settings.CHAT_PRESENCE_TTL / 3
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(settings.CHAT_PRESENCE_TTL / 3)
-            for feed in list(self.feeds.values()):
-                for member in list(feed.members):
-                    try:
-                        # One socket's stuck call must not hold up the others' renewal.
-                        await asyncio.wait_for(member.refresh_presence(), PROBE_TIMEOUT)
-                    except Exception:
-                        logger.exception("presence refresh failed")
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            members = [member for feed in list(self.feeds.values()) for member in list(feed.members)]
+            for start in range(0, len(members), RENEW_AT_ONCE):
+                await asyncio.gather(*(self._renew(m) for m in members[start:start + RENEW_AT_ONCE]))
+            due += interval
+            if loop.time() > due:
+                logger.warning("presence renewal of %d socket(s) took longer than its interval", len(members))
+                due = loop.time()
+
+    async def _renew(self, member: Member) -> None:
+        if not self.has(member):
+            return  # left while the pass ran
+        try:
+            await asyncio.wait_for(member.refresh_presence(), PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.warning("presence renewal timed out")
+        except Exception:
+            logger.exception("presence renewal failed")
 
     async def presence_for_joiner(self, room: str, conn: str, tab: Tab) -> tuple[int, str]:
         """The presence frame (and its version) for a tab that has just joined ``room``.
@@ -412,7 +460,7 @@ class RoomHub:
         if room in self._presence_due:
             return
         self._presence_due.add(room)
-        self._spawn(self._send_presence(room))
+        self.spawn(self._send_presence(room))
 
     def _settle_delay(self, room: str) -> float:
         # A bigger room waits longer (up to 2 s): its presence frame costs more to send.

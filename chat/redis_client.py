@@ -30,8 +30,10 @@ def get_redis() -> redis.Redis:
 
 
 T = TypeVar("T")
-# Objects built on a client (its registered scripts): one of each per client.
-_bound: "weakref.WeakKeyDictionary[redis.Redis, dict[Callable[..., Any], Any]]" = weakref.WeakKeyDictionary()
+# Objects built on a loop's client (with their registered scripts), by event loop.
+_bound: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Callable[..., Any], Any]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def bound(factory: Callable[[redis.Redis], T]) -> T:
@@ -40,10 +42,9 @@ def bound(factory: Callable[[redis.Redis], T]) -> T:
     The stores register their Lua scripts once per process, not once per
     socket (a socket's share of server memory, docs/performance.md).
     """
-    client = get_redis()
-    made = _bound.setdefault(client, {})
+    made = _bound.setdefault(asyncio.get_running_loop(), {})
     if factory not in made:
-        made[factory] = factory(client)
+        made[factory] = factory(get_redis())
     return made[factory]
 
 

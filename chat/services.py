@@ -169,8 +169,9 @@ def post_messages(posts: list[Post]) -> list[Posted]:
             return _store(posts, stored)
         except IntegrityError:
             # Some client_id is stored already (a resend; maybe just now, by
-            # another process): look those up and store the rest. Each round
-            # finds at least the one that conflicted, so this ends.
+            # another process): look those up and store the rest. A round
+            # that finds none new re-raises, and there are finitely many to
+            # find, so this ends.
             keys = [_resend_key(post) for post in posts]
             found = _stored_resends([key for key in keys if key is not None and key not in stored])
             if not found:

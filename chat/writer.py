@@ -6,9 +6,9 @@ the GIL. A busy room therefore spends its time waiting, not storing: at
 150 messages/s, three queries each, the thread could not keep up
 (docs/performance.md). The process's :class:`MessageWriter` stores the
 chat messages of all its sockets: the first message goes at once, and what
-arrives while a batch is in the database goes in the next batch, for the
-same three queries per room (``services.post_messages``). So batches are
-one message long when the chat is quiet and grow with the load.
+arrives while a batch is in the database goes in the next batch, for two
+queries per room and one insert in all (``services.post_messages``). So
+batches are one message long when the chat is quiet and grow with the load.
 """
 
 import asyncio
@@ -48,15 +48,7 @@ class MessageWriter:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
-                stored = await events.call_service(services.post_messages, posts=[post for post, _ in batch])
-            except events.BroadcastFailed as failed:
-                # Stored, but the layer (Redis) did not take the events: this
-                # process's sockets get them at once; other processes' hubs
-                # fetch them from the database when the layer is back.
-                stored = failed.result
-                hub = get_hub()
-                for _group, event in failed.unsent:
-                    await hub.dispatch(event)
+                stored = await self._store([post for post, _ in batch])
             except Exception as exc:  # the database failed: each sender hears so
                 for _post, future in batch:
                     if not future.done():
@@ -65,6 +57,18 @@ class MessageWriter:
             for (_post, future), posted in zip(batch, stored, strict=True):
                 if not future.done():  # its socket may have closed meanwhile
                     future.set_result(posted)
+
+    async def _store(self, posts: list[services.Post]) -> list[services.Posted]:
+        try:
+            return await events.call_service(services.post_messages, posts=posts)
+        except events.BroadcastFailed as failed:
+            # Stored, but the layer (Redis) did not take the events: this
+            # process's sockets get them at once; other processes' hubs
+            # fetch them from the database when the layer is back.
+            hub = get_hub()
+            for _group, event in failed.unsent:
+                await hub.dispatch(event)
+            return failed.result
 
 
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageWriter]" = weakref.WeakKeyDictionary()

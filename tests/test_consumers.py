@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
 from chat import services
+from chat.fanout import get_hub
 from chat.identity import author_id_for, guest_name_for
 from chat.models import Message, VisitorSettings
 from tests.conftest import make_session
@@ -339,6 +340,50 @@ async def test_an_idle_tab_stays_present_past_many_expiries(settings):
     assert len(presence["users"]) == 2
     await newcomer.close()
     await idle.close()
+
+
+async def test_a_renewal_that_comes_after_a_tab_closed_does_not_bring_it_back():
+    stays = await open_tab(await new_browser())
+    leaving = Tab(await new_browser())
+    author_id = (await leaving.open())["author_id"]
+    hub = get_hub()
+    [consumer] = [m for m in hub.feeds["lobby"].members if m.identity.author_id == author_id]
+    await leaving.close()
+    await until_gone(hub, consumer)
+    await consumer.refresh_presence()  # the hub's pass had picked it before it closed
+    newcomer = Tab(await new_browser())
+    await newcomer.open()
+    presence = await newcomer.recv_type("presence")
+    assert author_id not in [u["author_id"] for u in presence["users"]]
+    assert len(presence["users"]) == 2  # the tab that stayed and the newcomer
+    await newcomer.close()
+    await stays.close()
+
+
+async def until_gone(hub, consumer) -> None:
+    for _ in range(100):
+        if not hub.has(consumer) and consumer.closing:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the tab did not leave the hub")
+
+
+async def test_a_consumer_that_fails_still_leaves_the_room(monkeypatch):
+    from chat.consumers import ChatConsumer
+
+    async def broken(self, frame):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ChatConsumer, "on_history", broken)
+    watcher = await open_tab(await new_browser())
+    failing = await open_tab(await new_browser())
+    await watcher.quiet()
+    await failing.send({"type": "history", "before": 10**9})
+    with pytest.raises(RuntimeError):
+        await failing.comm.receive_from(timeout=TIMEOUT)  # the consumer died
+    presence = await watcher.recv_type("presence")  # its cleanup ran and told the room
+    assert len(presence["users"]) == 1
+    await watcher.close()
 
 
 async def test_a_crowd_joining_shows_up_in_a_few_presence_frames_not_one_each():

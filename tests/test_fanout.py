@@ -93,6 +93,42 @@ async def test_after_the_last_socket_leaves_the_room_hears_nothing_more():
     await hub.leave("lobby", second)
 
 
+async def test_a_bad_event_does_not_stop_the_room():
+    hub = RoomHub(get_channel_layer())
+    socket = Socket()
+    await hub.join("lobby", socket)
+    # From an older or broken process: no frame, no author.
+    await events.publish(events.room_group("lobby"), {"type": "room.frame", "room": "lobby"})
+    await events.publish(events.room_group("lobby"), {"type": "identity.changed", "old": "a", "username": "b"})
+    await events.publish(events.room_group("lobby"), events.room_frame("lobby", "still heard"))
+    await until(lambda: socket.frames)
+    assert socket.frames == ["still heard"]
+    await hub.leave("lobby", socket)
+
+
+class LayerThatCannotUnsubscribe:
+    """The configured layer, but leaving a group fails (Redis went away)."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+
+    def __getattr__(self, name):
+        return getattr(self.layer, name)
+
+    async def group_discard(self, group, channel):
+        raise ConnectionError("Redis is down")
+
+
+async def test_leaving_while_the_layer_is_down_leaves_nothing_behind_in_the_hub():
+    hub = RoomHub(LayerThatCannotUnsubscribe(get_channel_layer()))
+    socket = Socket()
+    await hub.join("lobby", socket, author="a" * 20)
+    await hub.leave("lobby", socket, author="a" * 20)
+    assert hub.feeds == {} and hub.authors == {}
+    assert not hub.has(socket)
+    assert hub._reader is None and hub._heartbeat is None  # its tasks were stopped
+
+
 # --- Chat messages: in order, once, no gaps ---------------------------------------
 
 ADA = Identity(uuid.uuid4(), "a" * 20, "Ada", False)
