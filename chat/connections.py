@@ -12,7 +12,6 @@ count is a dict in this process.
 from typing import Protocol
 
 from django.conf import settings
-
 from redis.asyncio import Redis
 
 from chat import redis_client

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from django.conf import settings
-
 from redis.asyncio import Redis
 
 from chat import redis_client

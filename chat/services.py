@@ -199,10 +199,8 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
     results: list[Message | tuple[str, str]] = []
     for post in posts:
         key = _resend_key(post)
-        if key is not None and key in stored:
-            results.append(key)
-        elif key is not None and key in firsts:
-            results.append(key)
+        if key is not None and (key in stored or key in firsts):
+            results.append(key)  # answered with the stored message, or this batch's first
         else:
             message = Message(
                 room_id=post.room,

@@ -40,11 +40,17 @@ async def test_the_cap_is_read_at_each_connect(store, settings):
     assert await store.open(author_id=ADA, conn="c3") is True
 
 
+def redis_counter(settings, *, cap: int, ttl: float | None = None) -> RedisConnections:
+    """A Redis socket counter with this cap (and socket expiry, in seconds)."""
+    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = cap
+    if ttl is not None:
+        settings.CHAT_PRESENCE_TTL = ttl
+    return RedisConnections(get_redis())
+
+
 @pytest.mark.redis
 async def test_sockets_of_a_dead_process_stop_counting_after_the_ttl(settings):
-    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 2
-    settings.CHAT_PRESENCE_TTL = 1.0
-    store = RedisConnections(get_redis())
+    store = redis_counter(settings, cap=2, ttl=1.0)
     await store.open(author_id=ADA, conn="dead")
     await asyncio.sleep(0.6)
     await store.open(author_id=ADA, conn="later")  # keeps the key itself alive
@@ -56,9 +62,7 @@ async def test_sockets_of_a_dead_process_stop_counting_after_the_ttl(settings):
 
 @pytest.mark.redis
 async def test_heartbeats_keep_a_socket_counted_past_the_ttl(settings):
-    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 2
-    settings.CHAT_PRESENCE_TTL = 1.0
-    store = RedisConnections(get_redis())
+    store = redis_counter(settings, cap=2, ttl=1.0)
     await store.open(author_id=ADA, conn="dead")
     await store.open(author_id=ADA, conn="alive")
     for _ in range(3):
@@ -71,9 +75,7 @@ async def test_heartbeats_keep_a_socket_counted_past_the_ttl(settings):
 
 @pytest.mark.redis
 async def test_a_late_heartbeat_counts_its_socket_again(settings):
-    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 1
-    settings.CHAT_PRESENCE_TTL = 0.2
-    store = RedisConnections(get_redis())
+    store = redis_counter(settings, cap=1, ttl=0.2)
     await store.open(author_id=ADA, conn="slow")
     await asyncio.sleep(0.3)
     await store.refresh(author_id=ADA, conn="slow")  # expired, still open: back in the count
@@ -82,8 +84,7 @@ async def test_a_late_heartbeat_counts_its_socket_again(settings):
 
 @pytest.mark.redis
 async def test_two_processes_share_one_count(settings):
-    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 2
-    first, second = RedisConnections(get_redis()), RedisConnections(get_redis())
+    first, second = redis_counter(settings, cap=2), RedisConnections(get_redis())
     results = await asyncio.gather(*(
         (first if n % 2 else second).open(author_id=ADA, conn=f"c{n}") for n in range(10)
     ))

@@ -94,10 +94,15 @@ async def served_by(welcome: dict, replicas: Sequence[Server], timeout: float = 
     raise AssertionError(f"no replica logged {line!r}")
 
 
-@pytest.mark.proxy
-@pytest.mark.server
+def through_nginx(test):
+    """Mark a test that runs real nginx in front of real daphne processes on the test database."""
+    for mark in (pytest.mark.proxy, pytest.mark.server, pytest.mark.django_db(transaction=True)):
+        test = mark(test)
+    return test
+
+
+@through_nginx
 @pytest.mark.redis
-@pytest.mark.django_db(transaction=True)
 async def test_two_replicas_serve_one_chat_through_nginx(server_env, tmp_path):
     with stack(server_env, tmp_path) as (web1, web2, nginx):
         page, ada = load_page(nginx)
@@ -128,9 +133,7 @@ async def test_two_replicas_serve_one_chat_through_nginx(server_env, tmp_path):
         assert sorted(nginx.upstreams_used("/ws/")) == sorted(f"127.0.0.1:{web.port}" for web in (web1, web2))
 
 
-@pytest.mark.proxy
-@pytest.mark.server
-@pytest.mark.django_db(transaction=True)
+@through_nginx
 async def test_a_foreign_origin_is_refused_through_nginx(server_env, tmp_path):
     with stack(server_env, tmp_path) as (_, _, nginx):
         _, session = load_page(nginx)
@@ -192,9 +195,7 @@ def test_compose_runs_the_replicas_nginx_names():
     assert set(upstreams) <= services
 
 
-@pytest.mark.proxy
-@pytest.mark.server
-@pytest.mark.django_db(transaction=True)
+@through_nginx
 async def test_nginx_cuts_a_silent_socket_at_its_timeout_and_pings_keep_one_open(server_env, tmp_path):
     """The mechanism behind the 300 s, on a 5 s scale (waiting minutes is no test).
 
