@@ -22,10 +22,9 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from chat import events, protocol, selectors, services
-from chat.connections import get_connections
 from chat.fanout import SERVER_SEND, get_hub
 from chat.identity import Identity
-from chat.presence import Tab, get_presence
+from chat.realtime.presence_store import get_presence
 from chat.ratelimit import get_rate_limiter
 from chat.writer import get_writer
 
@@ -52,9 +51,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # The welcome's last_id: messages up to it are the client's to fetch with
     # `resume`, so live copies of them are not sent too (each arrives once).
     live_after = 0
-    presence_version = 0
-    last_presence: str | None = None
-    presence_missed = False
     # Set when the socket's cleanup begins: no renewal may put it back after.
     closing = False
 
@@ -71,13 +67,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.room: str = self.scope["url_route"]["kwargs"]["room"]
         # This socket's name in presence and the socket count.
-        self.conn = uuid.uuid4().hex
+        self.socket_id = uuid.uuid4().hex
         # Held by a presence renewal and by the cleanup, so a renewal under way
         # when the socket closes ends before the cleanup removes the entries.
         self.renewal = asyncio.Lock()
         self.presence = get_presence()
         self.rate_limiter = get_rate_limiter()
-        self.connections = get_connections()
         self.hub = get_hub()
         self.writer = get_writer()
         # daphne's own send, for room broadcasts (ServerSendMiddleware).
@@ -97,8 +92,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.info("connect closed room=%s: no valid session", self.room)
             await self.close(code=protocol.CLOSE_NO_SESSION)
             return
-        if not await self.admit(identity):
-            return
         self.identity = identity
         self.early = []
         try:
@@ -108,8 +101,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.hub.join(self.room, self, author=identity.author_id)
             last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
             self.hub.start_from(self.room, last_id)
-            await self.presence.join(room=self.room, conn=self.conn, tab=self.tab())
-            presence_version, presence = await self.hub.presence_for_joiner(self.room, self.conn, self.tab())
+            people = await self.presence.enter(
+                room=self.room, socket_id=self.socket_id, author_id=identity.author_id,
+                username=identity.username, verified=identity.verified,
+                known_list=self.hub.feeds[self.room].presence.list_version,
+            )
+            if people is None:
+                await self.refuse_over_cap()
+                return
             await self.send(
                 text_data=protocol.welcome_frame(
                     room=self.room,
@@ -121,12 +120,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             early, self.early = self.early, None
             self.live_after = last_id or 0
-            await self.deliver_presence(presence_version, presence)
+            await self.send(text_data=await self.hub.first_presence(self.room, self, people))
             for frame, message_id in early:
                 await self.deliver(frame, message_id)
-            if self.presence_missed:
-                self.hub.presence_changed(self.room)
-            await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("connect closed room=%s: storage or channel layer unavailable (%s)",
                            self.room, exc.__class__.__name__)
@@ -145,9 +141,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.hub.leave(self.room, self, author=self.identity.author_id)
         try:
             async with self.renewal:
-                await self.connections.close(author_id=self.identity.author_id, conn=self.conn)
-                if await self.presence.leave(room=self.room, conn=self.conn):
-                    await self.announce_presence()
+                await self.presence.exit(room=self.room, socket_id=self.socket_id, author_id=self.identity.author_id)
         except UNAVAILABLE as exc:
             # Its presence entry and socket count expire on their own (CHAT_PRESENCE_TTL).
             logger.warning("disconnect cleanup failed room=%s: %s", self.room, exc.__class__.__name__)
@@ -245,17 +239,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             except Disconnected:
                 pass  # closed meanwhile: see send()
 
-    async def deliver_presence(self, version: int, frame: str) -> None:
-        """Send the room's people: only a newer version, and only if they differ from the last shown."""
-        if self.early is not None:
-            self.presence_missed = True  # the welcome goes first; ask again after it
-            return
-        if version <= self.presence_version:
-            return
-        self.presence_version = version
-        if frame != self.last_presence:
-            self.last_presence = frame
-            await self.send(text_data=frame)
+    async def deliver_presence(self, frame: str) -> None:
+        """Send a presence frame of the room (the hub sends them only after the welcome)."""
+        await self.send(text_data=frame)
 
     async def identity_changed(self, event: dict[str, Any]) -> None:
         """This browser was renamed (by one of its tabs, or by staff): show it."""
@@ -269,24 +255,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.identity is None:
             return
         try:
-            if not await self.presence.claim(f"rename:{event['change_id']}:{self.room}"):
-                return
-            renamed = await self.presence.rename(
-                room=self.room, author_id=self.identity.author_id, username=event["username"]
-            )
+            if not await self.presence.rename(
+                room=self.room, author_id=self.identity.author_id, username=event["username"],
+                change_id=event["change_id"],
+            ):
+                return  # another tab of this browser in the room (maybe on another process) tells it
             frame = protocol.renamed_frame(author_id=self.identity.author_id, old=event["old"], username=event["username"])
             await events.publish(events.room_group(self.room), events.room_frame(self.room, frame))
-            if renamed:
-                await self.announce_presence()
         except UNAVAILABLE as exc:
             logger.warning("rename announcement failed room=%s: %s", self.room, exc.__class__.__name__)
 
     async def layer_recovered(self) -> None:
         """Redis came back (maybe empty): put this tab back in presence."""
-        if self.closing:
-            return
-        if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
-            await self.announce_presence()
+        await self.refresh_presence()
 
     async def refresh_presence(self) -> None:
         """Renew this tab's presence entry and socket count (the hub asks, a third of the expiry apart)."""
@@ -296,9 +277,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             async with self.renewal:
                 if self.closing:
                     return  # the cleanup has begun: renewing would bring the tab back
-                await self.connections.refresh(author_id=self.identity.author_id, conn=self.conn)
-                if await self.presence.heartbeat(room=self.room, conn=self.conn, tab=self.tab()):
-                    await self.announce_presence()
+                await self.presence.renew(
+                    room=self.room, socket_id=self.socket_id, author_id=self.identity.author_id,
+                    username=self.identity.username, verified=self.identity.verified,
+                )
         except UNAVAILABLE as exc:
             logger.warning("presence heartbeat failed room=%s: %s", self.room, exc.__class__.__name__)
 
@@ -316,27 +298,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Disconnected:
             pass
 
-    def tab(self) -> Tab:
+    async def refuse_over_cap(self) -> None:
+        """Close a socket over its identity's cap (``CHAT_MAX_SOCKETS_PER_IDENTITY``) with 4429."""
         assert self.identity is not None
-        return Tab(self.identity.author_id, self.identity.username, self.identity.verified)
-
-    async def announce_presence(self) -> None:
-        """Tell every process serving this room that its people changed."""
-        await events.publish(events.room_group(self.room), events.presence_changed(self.room))
-
-    async def admit(self, identity: Identity) -> bool:
-        """Count this socket against its identity's cap; close it when over (or when uncountable)."""
-        try:
-            admitted = await self.connections.open(author_id=identity.author_id, conn=self.conn)
-        except UNAVAILABLE as exc:
-            logger.warning("connect closed room=%s: socket count unavailable (%s)", self.room, exc.__class__.__name__)
-            await self.close(code=CLOSE_TRY_AGAIN_LATER)
-            return False
-        if not admitted:
-            logger.info("connect closed room=%s author=%s: over %s sockets",
-                        self.room, identity.author_id, settings.CHAT_MAX_SOCKETS_PER_IDENTITY)
-            await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
-        return admitted
+        logger.info("connect closed room=%s author=%s: over %s sockets",
+                    self.room, self.identity.author_id, settings.CHAT_MAX_SOCKETS_PER_IDENTITY)
+        await self.hub.leave(self.room, self, author=self.identity.author_id)
+        self.identity = None  # nothing of it to clean up on disconnect
+        await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
 
     async def within_rate(self, *, action: str, client_id: str | None) -> bool:
         assert self.identity is not None

@@ -61,11 +61,6 @@ def room_message(room: str, *, message_id: int, prev_id: int | None, frame: str)
     return {"type": "room.message", "room": room, "id": message_id, "prev_id": prev_id, "frame": frame}
 
 
-def presence_changed(room: str) -> Event:
-    """The event that tells every process to send ``room``'s presence again."""
-    return {"type": "presence.changed", "room": room}
-
-
 async def publish(group: str, event: Event) -> None:
     """Send ``event`` to ``group`` now."""
     await get_channel_layer().group_send(group, event)

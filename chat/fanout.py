@@ -24,10 +24,10 @@ fetches what it missed from the database. A probe the hub sends itself
 through the layer every second finds outages with no message to reveal them;
 once the probe comes back, the hub catches every room up from the database.
 
-Presence events carry no list: they mark the room's presence as changed, and
-the hub sends the room's current snapshot to its sockets once the changes have
-settled for a moment. So a thousand people joining cause a few presence
-broadcasts, not a thousand, each of a thousand names.
+Presence crosses no channel layer: a few times a second the hub asks the
+presence store which of its rooms changed (one read for all of them) and
+reads those rooms' people; each room's ``PresenceFeed`` then sends each tab
+that is behind one small diff, at most once a second (chat/realtime/).
 """
 
 import asyncio
@@ -42,7 +42,9 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from chat import events, protocol, selectors
-from chat.presence import Snapshot, Tab, get_presence, with_tab
+from chat.realtime.people import RoomPeople
+from chat.realtime.presence_feed import PresenceFeed
+from chat.realtime.presence_store import get_presence
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 5.0
 # Sockets whose presence the hub renews at the same time.
 RENEW_AT_ONCE = 50
+# How often the hub asks the presence store which rooms changed. A tab still
+# gets at most one presence frame a second (presence_feed.PRESENCE_INTERVAL).
+PRESENCE_POLL = 0.25
 
 
 class Member(Protocol):
@@ -65,8 +70,8 @@ class Member(Protocol):
     async def deliver(self, frame: str, message_id: int | None = None) -> None:
         """Send a room broadcast (JSON text) to this socket; ``message_id`` of a chat frame."""
 
-    async def deliver_presence(self, version: int, frame: str) -> None:
-        """Send the room's presence frame (of that version), unless this socket has it already."""
+    async def deliver_presence(self, frame: str) -> None:
+        """Send a presence frame of the room (after the welcome)."""
 
     async def identity_changed(self, event: dict[str, Any]) -> None:
         """Its browser was renamed: show the new name (no I/O but the socket's)."""
@@ -83,8 +88,9 @@ class Member(Protocol):
 
 @dataclass
 class Feed:
-    """One room's sockets in this process and where its message stream stands."""
+    """One room's sockets in this process, where its message stream stands, and its presence."""
 
+    presence: PresenceFeed
     members: set[Member] = field(default_factory=set)
     # Id of the newest message delivered (0: none in the room; None: unknown yet).
     last_id: int | None = None
@@ -92,13 +98,6 @@ class Feed:
     held: dict[int, tuple[int | None, str]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     repair: asyncio.Task[None] | None = None
-    # The room's people as last read for joining tabs, and that read's frame.
-    people: Snapshot | None = None
-    people_frame: str = ""
-    # Joining tabs asking for the list, and how many of them the last read covered.
-    people_asked: int = 0
-    people_served: int = 0
-    people_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class RoomHub:
@@ -113,13 +112,13 @@ class RoomHub:
         self._reader: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._presence: asyncio.Task[None] | None = None
         # Only a layer outside the process (Redis) can lose events.
         self._probe_enabled = bool(settings.REDIS_URL)
         self._probe_tokens = itertools.count()
         self._probe_echo: dict[int, asyncio.Future[None]] = {}
         self.layer_ok = True
         self._membership = asyncio.Lock()
-        self._presence_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def join(self, room: str, member: Member, *, author: str | None = None) -> None:
@@ -140,7 +139,9 @@ class RoomHub:
             except Exception:
                 await self._discard(added, self._channel)
                 raise
-            self.feeds.setdefault(room, Feed()).members.add(member)
+            if room not in self.feeds:
+                self.feeds[room] = Feed(PresenceFeed(room))
+            self.feeds[room].members.add(member)
             if author is not None:
                 self.authors.setdefault(author, set()).add(member)
             if self._reader is None or self._reader.done():
@@ -149,6 +150,8 @@ class RoomHub:
                 self._watchdog = asyncio.create_task(self._watch())
             if self._heartbeat is None or self._heartbeat.done():
                 self._heartbeat = asyncio.create_task(self._keep_present())
+            if self._presence is None or self._presence.done():
+                self._presence = asyncio.create_task(self._send_presence())
 
     def start_from(self, room: str, last_id: int | None) -> None:
         """Note the room's newest message id as read when a socket joined.
@@ -171,6 +174,7 @@ class RoomHub:
             if feed is None or member not in feed.members:
                 return
             feed.members.discard(member)
+            feed.presence.forget(member)
             channel = self._channel
             assert channel is not None
             groups: list[str] = []
@@ -188,10 +192,10 @@ class RoomHub:
             if not self.feeds:
                 # A cancelled receive ends the channel (the pub/sub layer
                 # unsubscribes it): the next join makes a new one.
-                for task in (self._reader, self._watchdog, self._heartbeat):
+                for task in (self._reader, self._watchdog, self._heartbeat, self._presence):
                     if task is not None:
                         task.cancel()
-                self._reader = self._watchdog = self._heartbeat = None
+                self._reader = self._watchdog = self._heartbeat = self._presence = None
                 self._channel = None
 
     async def _discard(self, groups: list[str], channel: str) -> None:
@@ -236,11 +240,9 @@ class RoomHub:
         room = event.get("room")
         if room not in self.feeds:
             return
-        if event["type"] == "presence.changed":
-            self.presence_changed(room)
-        elif event["type"] == "room.message":
+        if event["type"] == "room.message":
             await self._on_message(room, event["id"], event["prev_id"], event["frame"])
-        else:
+        elif event["type"] == "room.frame":
             await self.broadcast(room, event["frame"])
 
     async def broadcast(self, room: str, frame: str, message_id: int | None = None) -> None:
@@ -431,63 +433,38 @@ class RoomHub:
         except Exception:
             logger.exception("presence renewal failed")
 
-    async def presence_for_joiner(self, room: str, conn: str, tab: Tab) -> tuple[int, str]:
-        """The presence frame (and its version) for a tab that has just joined ``room``.
+    async def first_presence(self, room: str, member: Member, people: RoomPeople) -> str:
+        """The presence snapshot for ``member``, which has just entered ``room`` (``people``: what it read)."""
+        feed = self.feeds[room].presence
+        if people.listed is None and not feed.has_list(people.list_version):
+            # The feed let that list go meanwhile: read it again.
+            people = await get_presence().read(room=room, known_list=-1)
+        return feed.snapshot(member, people, asyncio.get_running_loop().time())
 
-        It comes from a read of the list that began after the tab joined, so
-        it counts the tab and everyone before it. Tabs joining at the same
-        time share one read and one encoded frame: a crowd of 1,000 joining
-        costs a few dozen reads of the list, not one each.
-        """
-        feed = self.feeds[room]
-        feed.people_asked += 1
-        ticket = feed.people_asked
-        async with feed.people_lock:
-            if feed.people_served < ticket:  # no read since this tab asked: read now, for all who asked
-                asked = feed.people_asked
-                feed.people = await get_presence().snapshot(room=room)
-                feed.people_frame = protocol.presence_frame(room=room, users=feed.people.users)
-                feed.people_served = asked
-        people = feed.people
-        assert people is not None
-        if conn in people.conns:
-            return people.version, feed.people_frame
-        # Not in the store's list (Redis came back empty meanwhile): count it in.
-        return people.version, protocol.presence_frame(room=room, users=with_tab(people.users, tab))
-
-    def presence_changed(self, room: str) -> None:
-        """Send the room's presence soon; changes until then share one frame."""
-        if room in self._presence_due:
-            return
-        self._presence_due.add(room)
-        self.spawn(self._send_presence(room))
-
-    def _settle_delay(self, room: str) -> float:
-        # A bigger room waits longer (up to 2 s): its presence frame costs more to send.
-        feed = self.feeds.get(room)
-        members = len(feed.members) if feed else 0
-        return min(settings.CHAT_PRESENCE_SETTLE * (1 + members / 100), 2.0)
-
-    async def _send_presence(self, room: str) -> None:
-        try:
-            await asyncio.sleep(self._settle_delay(room))
-        finally:
-            # From here on a change schedules the next frame.
-            self._presence_due.discard(room)
-        if room not in self.feeds:
-            return
-        try:
-            snapshot = await get_presence().snapshot(room=room)
-        except Exception as exc:
-            logger.warning("presence snapshot failed room=%s: %s", room, exc.__class__.__name__)
-            return
-        frame = protocol.presence_frame(room=room, users=snapshot.users)
-        feed = self.feeds.get(room)
-        for member in list(feed.members if feed else ()):
+    async def _send_presence(self) -> None:
+        """Send each tab that is behind its room's presence, at most once a second."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PRESENCE_POLL)
+            store = get_presence()
+            rooms = list(self.feeds)
             try:
-                await member.deliver_presence(snapshot.version, frame)
-            except Exception:
-                logger.exception("presence delivery failed room=%s", room)
+                versions = await store.versions(rooms)
+                for room, version in zip(rooms, versions, strict=True):
+                    feed = self.feeds.get(room)
+                    if feed is not None and version != feed.presence.version:
+                        feed.presence.learn(await store.read(room=room, known_list=feed.presence.list_version))
+            except Exception as exc:  # Redis down: try again on the next pass
+                logger.warning("presence read failed: %s", exc.__class__.__name__)
+            now = loop.time()
+            for room in rooms:
+                feed = self.feeds.get(room)
+                for members, frame in feed.presence.due(now) if feed else ():
+                    for member in members:
+                        try:
+                            await member.deliver_presence(frame)  # type: ignore[attr-defined]
+                        except Exception:
+                            logger.exception("presence delivery failed room=%s", room)
 
 
 # The scope key under which ServerSendMiddleware keeps the server's own send.

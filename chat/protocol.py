@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 
 from chat import validators
 from chat.models import Message
-from chat.presence import PresenceUser
+from chat.realtime.people import PeopleDiff, Person
 
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
@@ -208,15 +208,29 @@ def renamed_frame(*, author_id: str, old: str, username: str) -> str:
     return _encode({"type": "renamed", "author_id": author_id, "old": old, "username": username})
 
 
-def presence_frame(*, room: str, users: Iterable[PresenceUser]) -> str:
+def _person(person: Person) -> dict[str, Any]:
+    return {"author_id": person.author_id, "username": person.username, "verified": person.verified,
+            "tabs": person.tabs}
+
+
+def encode_people(people: Iterable[Person]) -> str:
+    """The JSON array of listed people, encoded once per list and spliced into frames."""
+    return _encode([_person(person) for person in people])
+
+
+def presence_frame(*, room: str, count: int, people_json: str) -> str:
+    """A presence snapshot: the room's count and its listed people (``encode_people``)."""
+    return f'{{"type":"presence","room":{_encode(room)},"count":{count:d},"users":{people_json}}}'
+
+
+def presence_diff_frame(*, room: str, changes: PeopleDiff) -> str:
     return _encode(
         {
-            "type": "presence",
+            "type": "presence_diff",
             "room": room,
-            "users": [
-                {"author_id": u.author_id, "username": u.username, "verified": u.verified, "tabs": u.tabs}
-                for u in users
-            ],
+            "count": changes.count,
+            "joined": [_person(person) for person in changes.joined],
+            "left": list(changes.left),
         }
     )
 

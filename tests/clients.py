@@ -18,7 +18,7 @@ from typing import Any
 
 import websockets
 
-from tests.servers import Server
+from tests.servers import People, Server
 
 
 class ChatClient:
@@ -35,7 +35,7 @@ class ChatClient:
         self.last_id: int | None = None
         self.pending: dict[str, str] = {}  # client_id -> text, no echo yet
         self.errors: Counter[str] = Counter()
-        self.presence: list[dict[str, Any]] | None = None
+        self.people = People()  # the room's people, as this tab shows them
         self.connected = asyncio.Event()
         self.welcomes = 0
         self._ws: Any = None
@@ -105,8 +105,8 @@ class ChatClient:
                 await self._send({"type": "resume", "after": frame["messages"][-1]["id"]})
             else:
                 await self._resend_pending()
-        elif kind == "presence":
-            self.presence = frame["users"]
+        elif kind in ("presence", "presence_diff"):
+            self.people.apply(frame)
         elif kind == "error":
             self.errors[frame["code"]] += 1
             client_id = frame.get("client_id")

@@ -18,7 +18,8 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import connections, presence, ratelimit
+from chat import ratelimit
+from chat.realtime import presence_store
 from chat.sessions import SessionStore
 from chat.identity import ensure_session_id
 from tests.servers import NGINX, Server, server_environment
@@ -59,11 +60,10 @@ def isolated_state(settings) -> Iterator[None]:
     if "prefix" in layers["default"].get("CONFIG", {}):
         layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{run}"
     settings.CHANNEL_LAYERS = layers  # the setting_changed signal resets the layer
-    saved = presence._local, ratelimit._local, connections._local
-    presence._local, ratelimit._local = presence.LocalPresence(), ratelimit.LocalRateLimiter()
-    connections._local = connections.LocalConnections()
+    saved = presence_store._local, ratelimit._local
+    presence_store._local, ratelimit._local = presence_store.LocalPresence(), ratelimit.LocalRateLimiter()
     yield
-    presence._local, ratelimit._local, connections._local = saved
+    presence_store._local, ratelimit._local = saved
 
 
 def make_session(*, user=None) -> SessionStore:

@@ -239,6 +239,36 @@ class Nginx:
 # --- Reading a real socket ------------------------------------------------------
 
 
+class People:
+    """A room's listed people and count as a client keeps them: the snapshot, then each diff."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, dict] = {}
+        self.count: int | None = None
+
+    def apply(self, frame: dict) -> None:
+        if frame["type"] == "presence":
+            self.listed = {user["author_id"]: user for user in frame["users"]}
+            self.count = frame["count"]
+        elif frame["type"] == "presence_diff":
+            for author_id in frame["left"]:
+                self.listed.pop(author_id, None)
+            self.listed.update({user["author_id"]: user for user in frame["joined"]})
+            self.count = frame["count"]
+
+    @property
+    def users(self) -> list[dict]:
+        return list(self.listed.values())
+
+
+async def until_people(ws, people: People, check: Callable[[list[dict]], bool], timeout: float = 10) -> list[dict]:
+    """Receive until the people shown pass ``check``, applying presence frames to ``people``."""
+    deadline = time.monotonic() + timeout
+    while not check(people.users):
+        people.apply(json.loads(await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))))
+    return people.users
+
+
 async def recv(ws, kinds: str | tuple[str, ...], timeout: float = 10) -> dict:
     """The next frame of one of ``kinds``, skipping others (presence comes and goes)."""
     kinds = (kinds,) if isinstance(kinds, str) else kinds

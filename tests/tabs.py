@@ -3,13 +3,16 @@
 Shared by the consumer, security, log and property tests.
 """
 
+import asyncio
 import json
+from collections.abc import Callable
 
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatsite.asgi import application
 from tests.conftest import make_session
+from tests.servers import People
 
 TIMEOUT = 3
 
@@ -22,6 +25,7 @@ class Tab:
         if session_key:
             headers.append((b"cookie", f"sessionid={session_key}".encode()))
         self.comm = WebsocketCommunicator(application, f"/ws/chat/{room}/", headers=headers)
+        self.people = People()  # the room's people as this tab shows them
 
     async def open(self) -> dict:
         connected, _ = await self.comm.connect(timeout=TIMEOUT)
@@ -33,8 +37,18 @@ class Tab:
     async def send(self, frame: dict | str) -> None:
         await self.comm.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
 
-    async def recv(self) -> dict:
-        return json.loads(await self.comm.receive_from(timeout=TIMEOUT))
+    async def recv(self, timeout: float = TIMEOUT) -> dict:
+        frame = json.loads(await self.comm.receive_from(timeout=timeout))
+        self.people.apply(frame)
+        return frame
+
+    async def until_people(self, check: Callable[[list[dict]], bool], timeout: float = 5) -> list[dict]:
+        """Receive until the people shown pass ``check`` (presence diffs come at most once a second)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not check(self.people.users):
+            await self.recv(timeout=max(0.01, deadline - loop.time()))
+        return self.people.users
 
     async def recv_type(self, kind: str) -> dict:
         """Skip frames until one of ``kind`` (presence frames come and go)."""

@@ -7,14 +7,17 @@ browser (its own cookies); each page is one tab. Screenshots of the main
 states land in ``artifacts/screenshots/``.
 """
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import CHROMIUM
-from tests.servers import ROOT, Server, manage
+from tests.servers import ROOT, Server, manage, recv
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -172,6 +175,63 @@ def test_two_browsers_chat_both_ways_and_see_each_other_come_and_go(new_browser)
 
     grace.close()
     expect(people(ada)).to_have_text(["Ada"])
+
+
+class Crowd:
+    """Sockets of many other browsers, held open from a thread of their own.
+
+    Playwright's sync API owns this thread's event loop; the crowd's
+    websockets run on another.
+    """
+
+    def __init__(self, server: Server, size: int, room: str = "lobby") -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        sessions = [server.browser(room) for _ in range(size)]
+        self.sockets: list[Any] = self.run(self._open(server, sessions, room))
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(60)
+
+    @staticmethod
+    async def _open(server: Server, sessions: list[str], room: str) -> list[Any]:
+        sockets = []
+        for session in sessions:
+            ws = await server.ws(session, room)
+            await recv(ws, "welcome")
+            sockets.append(ws)
+        return sockets
+
+    def leave(self, count: int) -> None:
+        """Close the first ``count`` sockets (the first people to come: the listed ones)."""
+        leaving, self.sockets = self.sockets[:count], self.sockets[count:]
+
+        async def close_all() -> None:
+            await asyncio.gather(*(ws.close() for ws in leaving))
+
+        self.run(close_all())
+
+    def close(self) -> None:
+        self.leave(len(self.sockets))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_room_bigger_than_the_list_shows_the_count_and_how_many_more(new_browser, server):
+    crowd = Crowd(server, 105)
+    try:
+        page = open_room(new_browser())
+        # 106 people: the first 100 to come are listed, the rest are counted.
+        expect(page.get_by_test_id("presence-count")).to_have_text("106")
+        expect(people(page)).to_have_count(100)
+        expect(page.get_by_test_id("presence-more")).to_have_text("and 6 more")
+        screenshot(page, "big-room")
+        crowd.leave(10)  # ten listed people go: the list takes the next ones in
+        expect(page.get_by_test_id("presence-count")).to_have_text("96")
+        expect(people(page)).to_have_count(96)
+        expect(page.get_by_test_id("presence-more")).to_be_hidden()
+        expect(page.locator("[data-testid=presence-user].me")).to_have_count(1)
+    finally:
+        crowd.close()
 
 
 # 4. Reload, browser restart, cleared cookies --------------------------------------

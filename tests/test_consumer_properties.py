@@ -46,7 +46,7 @@ likely_valid = st.one_of(
     st.builds(lambda after: {"type": "resume", "after": after}, st.integers(-1, 2**64)),
 )
 # Frames that other events send at any time; they answer no frame.
-UNSOLICITED = {"presence", "renamed"}
+UNSOLICITED = {"presence", "presence_diff", "renamed"}
 
 
 def stored() -> tuple[list[tuple], list[tuple]]:

@@ -36,7 +36,7 @@ async def test_welcome_then_presence():
     }
     presence = await tab.recv()
     assert presence == {
-        "type": "presence", "room": "lobby",
+        "type": "presence", "room": "lobby", "count": 1,
         "users": [{"author_id": author, "username": guest_name_for(author), "verified": False, "tabs": 1}],
     }
     await tab.close()
@@ -86,6 +86,7 @@ async def test_handshake_without_a_valid_session_closes_with_4401_and_can_do_not
     await other.send({"type": "rename", "username": "Someone"})
     await other.send({"type": "chat", "text": "theirs"})
     await other.recv_type("chat")
+    await other.recv_type("presence_diff")  # its own new name on the list
     await other.quiet()
 
     tab = Tab(await database_sync_to_async(invalid_session_cookie)(kind))
@@ -271,8 +272,8 @@ async def test_rename_reaches_every_tab_of_the_browser_and_each_room_once():
         assert await tab.recv_type("identity") == {"type": "identity", "username": "Ada Lovelace"}
     renamed = await g.recv_type("renamed")
     assert renamed["username"] == "Ada Lovelace" and renamed["old"].startswith("guest-")
-    presence = await g.recv_type("presence")
-    assert [(u["username"], u["tabs"]) for u in presence["users"] if u["author_id"] == renamed["author_id"]] == [
+    people = await g.until_people(lambda people: any(u["username"] == "Ada Lovelace" for u in people))
+    assert [(u["username"], u["tabs"]) for u in people if u["author_id"] == renamed["author_id"]] == [
         ("Ada Lovelace", 2)
     ]
     rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
@@ -319,14 +320,14 @@ async def test_presence_counts_people_and_tabs():
     g = Tab(grace)
     await g.open()
     presence = await g.recv_type("presence")
-    tabs = {u["author_id"]: u["tabs"] for u in presence["users"]}
-    assert sorted(tabs.values()) == [1, 2]
+    assert presence["count"] == 2
+    assert sorted(u["tabs"] for u in presence["users"]) == [1, 2]
     await a2.close()
-    presence = await g.recv_type("presence")
-    assert sorted(u["tabs"] for u in presence["users"]) == [1, 1]
+    await g.until_people(lambda people: sorted(u["tabs"] for u in people) == [1, 1])
+    assert g.people.count == 2
     await a1.close()
-    presence = await g.recv_type("presence")
-    assert [u["tabs"] for u in presence["users"]] == [1]
+    await g.until_people(lambda people: [u["tabs"] for u in people] == [1])
+    assert g.people.count == 1
     await g.close()
 
 
@@ -381,21 +382,24 @@ async def test_a_consumer_that_fails_still_leaves_the_room(monkeypatch):
     await failing.send({"type": "history", "before": 10**9})
     with pytest.raises(RuntimeError):
         await failing.comm.receive_from(timeout=TIMEOUT)  # the consumer died
-    presence = await watcher.recv_type("presence")  # its cleanup ran and told the room
-    assert len(presence["users"]) == 1
+    await watcher.until_people(lambda people: len(people) == 1)  # its cleanup ran: it left the room
+    assert watcher.people.count == 1
     await watcher.close()
 
 
-async def test_a_crowd_joining_shows_up_in_a_few_presence_frames_not_one_each():
+async def test_a_crowd_joining_shows_up_in_a_few_diffs_at_most_one_a_second():
     watcher = await open_tab(await new_browser())
     crowd = [await open_tab(await new_browser()) for _ in range(12)]
-    frames = []
-    while not await watcher.comm.receive_nothing(timeout=0.5):
+    frames, times = [], []
+    loop = asyncio.get_running_loop()
+    while not await watcher.comm.receive_nothing(timeout=1.5):
         frames.append(await watcher.recv())
-    assert {f["type"] for f in frames} == {"presence"}
-    # Changes that come close together share a frame; the last one is complete.
+        times.append(loop.time())
+    assert {f["type"] for f in frames} == {"presence_diff"}
+    # Changes that come close together share a frame, a second or more apart.
     assert len(frames) < 12
-    assert len(frames[-1]["users"]) == 13
+    assert all(later - earlier > 0.9 for earlier, later in zip(times, times[1:]))
+    assert len(watcher.people.users) == watcher.people.count == 13
     for tab in (watcher, *crowd):
         await tab.close()
 

@@ -164,7 +164,7 @@ async def test_redis_restarted_mid_conversation_loses_nothing(server_env, tmp_pa
         # themselves back, so a newcomer sees all four people.
         newcomer = ChatClient([one], one.browser())
         newcomer.start()
-        await eventually(lambda: newcomer.presence is not None and len(newcomer.presence) == 5, 15,
+        await eventually(lambda: len(newcomer.people.users) == 5, 15,
                          "presence restored after the restart")
         await newcomer.stop()
     finally:
@@ -223,7 +223,7 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
         for client in everyone:
             client.start()
         await eventually(lambda: all(c.connected.is_set() for c in everyone), 15, "every client connected")
-        await eventually(lambda: talker.presence is not None and len(talker.presence) == 5, 10, "five present")
+        await eventually(lambda: len(talker.people.users) == 5, 10, "five present")
         since = max(c.last_id for c in everyone)
         stop = asyncio.Event()
         talking = asyncio.create_task(chatter([talker, *movers], stop))
@@ -249,8 +249,8 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
         # Presence forgets the dead process's tabs within the expiry: the
         # browser that died with it is gone, the movers have one tab each.
         await eventually(
-            lambda: talker.presence is not None and len(talker.presence) == 4
-            and all(u["tabs"] == 1 for u in talker.presence),
+            lambda: len(talker.people.users) == 4
+            and all(u["tabs"] == 1 for u in talker.people.users),
             ttl * 3, "the dead tabs expired from presence",
         )
         assert time.monotonic() - killed_at < ttl * 3

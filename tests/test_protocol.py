@@ -7,7 +7,7 @@ import pytest
 
 from chat import protocol
 from chat.models import Message
-from chat.presence import PresenceUser
+from chat.realtime.people import PeopleDiff, Person
 
 
 def parse(frame: object) -> protocol.ClientFrame:
@@ -113,8 +113,15 @@ def test_server_frames():
     assert json.loads(protocol.renamed_frame(author_id="a", old="x", username="y")) == {
         "type": "renamed", "author_id": "a", "old": "x", "username": "y",
     }
-    assert json.loads(protocol.presence_frame(room="r", users=[PresenceUser("a", "u", True, 2)])) == {
-        "type": "presence", "room": "r", "users": [{"author_id": "a", "username": "u", "verified": True, "tabs": 2}],
+    people = protocol.encode_people([Person("a", "u", True, 2)])
+    assert json.loads(protocol.presence_frame(room='r"', count=3, people_json=people)) == {
+        "type": "presence", "room": 'r"', "count": 3,
+        "users": [{"author_id": "a", "username": "u", "verified": True, "tabs": 2}],
+    }
+    changes = PeopleDiff(count=4, joined=(Person("b", "v", False, 1),), left=("a",))
+    assert json.loads(protocol.presence_diff_frame(room="r", changes=changes)) == {
+        "type": "presence_diff", "room": "r", "count": 4,
+        "joined": [{"author_id": "b", "username": "v", "verified": False, "tabs": 1}], "left": ["a"],
     }
     assert json.loads(protocol.pong_frame()) == {"type": "pong"}
     assert json.loads(protocol.error_frame("rate_limited", "slow", client_id="c", retry_after=0.5)) == {

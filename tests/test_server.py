@@ -26,7 +26,7 @@ from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
 from chatsite.server import ChatWebSocketProtocol, queued_bytes
-from tests.servers import Server, closed_with, drain, manage, recv
+from tests.servers import People, Server, closed_with, drain, manage, recv, until_people
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -194,12 +194,9 @@ async def test_two_processes_serve_one_room(server_env, tmp_path):
             for ws in (a, g, a_on_two):
                 await recv(ws, "welcome")
             # Presence: two people, Ada with a tab on each process.
-            deadline = time.monotonic() + 5
-            while True:
-                users = (await recv(g, "presence"))["users"]
-                if sorted(u["tabs"] for u in users) == [1, 2] or time.monotonic() > deadline:
-                    break
-            assert sorted(u["tabs"] for u in users) == [1, 2]
+            people = People()
+            await until_people(g, people, lambda users: sorted(u["tabs"] for u in users) == [1, 2])
+            assert people.count == 2
             # Chat both ways.
             await a.send(json.dumps({"type": "chat", "text": "from one"}))
             assert (await recv(g, "chat"))["text"] == "from one"

@@ -5,6 +5,7 @@ const config = JSON.parse(document.getElementById("chat-config").textContent);
 const $ = (id) => document.getElementById(id);
 const els = {
   status: $("status"), messages: $("messages"), presence: $("presence"), older: $("older"),
+  presenceCount: $("presence-count"), presenceMore: $("presence-more"),
   name: $("username"), nameState: $("name-state"), compose: $("compose"), input: $("message"),
 };
 
@@ -18,6 +19,7 @@ const state = {
   lastId: 0,                  // newest message id seen: what `resume` asks after
   pending: new Map(),         // client_id -> text, sent without an echo yet
   requests: [],               // "older" | "resume", in the order they were sent
+  people: new Map(),          // author_id -> listed person: the last snapshot plus the diffs since
   nameTimer: null,
 };
 
@@ -145,27 +147,13 @@ const render = {
     if (frame.author_id !== state.authorId) addNotice(`${frame.old} is now ${frame.username}`);
   },
   presence(frame) {
-    const items = frame.users.map((user) => {
-      const li = document.createElement("li");
-      li.dataset.testid = "presence-user";
-      li.dataset.authorId = user.author_id;
-      li.className = user.author_id === state.authorId ? "me" : "";
-      const name = li.appendChild(document.createElement("span"));
-      name.dir = "auto";
-      name.textContent = user.username;
-      if (user.verified) {
-        const badge = li.appendChild(document.createElement("span"));
-        badge.className = "badge";
-        badge.textContent = "staff";
-      }
-      if (user.tabs > 1) {
-        const tabs = li.appendChild(document.createElement("span"));
-        tabs.className = "tabs";
-        tabs.textContent = `${user.tabs} tabs`;
-      }
-      return li;
-    });
-    els.presence.replaceChildren(...items);
+    state.people = new Map(frame.users.map((user) => [user.author_id, user]));
+    showPeople(frame.count);
+  },
+  presence_diff(frame) {
+    for (const authorId of frame.left) state.people.delete(authorId);
+    for (const user of frame.joined) state.people.set(user.author_id, user);
+    showPeople(frame.count);
   },
   error(frame) {
     const item = frame.client_id && state.pending.has(frame.client_id) ? frame.client_id : null;
@@ -190,6 +178,39 @@ const render = {
   },
   pong() {},
 };
+
+// --- People in the room ------------------------------------------------------------
+
+function personElement(user) {
+  const li = document.createElement("li");
+  li.dataset.testid = "presence-user";
+  li.dataset.authorId = user.author_id;
+  li.className = user.author_id === state.authorId ? "me" : "";
+  const name = li.appendChild(document.createElement("span"));
+  name.dir = "auto";
+  name.textContent = user.username;
+  if (user.verified) {
+    const badge = li.appendChild(document.createElement("span"));
+    badge.className = "badge";
+    badge.textContent = "staff";
+  }
+  if (user.tabs > 1) {
+    const tabs = li.appendChild(document.createElement("span"));
+    tabs.className = "tabs";
+    tabs.textContent = `${user.tabs} tabs`;
+  }
+  return li;
+}
+
+// The server lists at most 100 people (the first to come) and counts everyone.
+function showPeople(count) {
+  const byName = (a, b) => a.username.localeCompare(b.username, undefined, { sensitivity: "base" });
+  els.presence.replaceChildren(...[...state.people.values()].sort(byName).map(personElement));
+  els.presenceCount.textContent = String(count);
+  const more = count - state.people.size;
+  els.presenceMore.hidden = more <= 0;
+  els.presenceMore.textContent = more > 0 ? `and ${more} more` : "";
+}
 
 // --- The socket ------------------------------------------------------------------
 
