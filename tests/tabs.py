@@ -42,6 +42,15 @@ class Tab:
         self.people.apply(frame)
         return frame
 
+    async def watch(self, seconds: float) -> None:
+        """Take in every frame that comes within ``seconds`` (presence diffs among them)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            # receive_nothing, not a timed receive: a receive that times out cancels the app.
+            if not await self.comm.receive_nothing(timeout=min(left, 0.1)):
+                await self.recv()
+
     async def until_people(self, check: Callable[[list[dict]], bool], timeout: float = 5) -> list[dict]:
         """Receive until the people shown pass ``check`` (presence diffs come at most once a second)."""
         loop = asyncio.get_running_loop()
