@@ -426,7 +426,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(serve
             stalled = StalledClient(server, server.browser(room), room)
             sent_at: dict[str, float] = {}
             delays: dict[str, float] = {}
-            people: list[int] = []
+            people = People()  # the room, as the listener shows it
 
             async def listen() -> None:
                 async for raw in listener:
@@ -434,8 +434,8 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(serve
                     if frame["type"] == "chat" and frame["text"].startswith("probe-"):
                         name = frame["text"].split()[0]
                         delays[name] = time.monotonic() - sent_at[name]
-                    elif frame["type"] == "presence":
-                        people.append(len(frame["users"]))
+                    else:
+                        people.apply(frame)
 
             async def probe(count: int) -> None:
                 for n in range(count):
@@ -464,7 +464,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(serve
             leftover = await stalled.read_to_end(timeout=15)
             await probe(5)  # the room goes on after the drop
             deadline = time.monotonic() + 10
-            while (set(delays) != set(sent_at) or people[-1:] != [2]) and time.monotonic() < deadline:
+            while (set(delays) != set(sent_at) or people.count != 2) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             listening.cancel()
 
@@ -479,7 +479,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(serve
         # The consumer saw the disconnect and cleaned up: the room shows two people.
         assert re.search(rf"disconnected room={room} author=\w+ code=1006", log), log[-3000:]
         assert "disconnect cleanup failed" not in log  # it left the hub, its group and presence
-        assert people[-1] == 2, people
+        assert people.count == 2, people.users
         # Every probe reached the listener promptly, before and after the drop.
         assert set(delays) == set(sent_at) and len(sent_at) >= 6
         assert max(delays.values()) < 2, sorted(delays.values())[-5:]
