@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# daphne's limit for one incoming websocket message, as `make run` sets it.
-DAPHNE_ARGS = ["--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384"]
 # Production settings over plain HTTP on loopback: no TLS redirect, no Secure cookies, no HSTS.
 PRODUCTION_ENV = {
     "DEBUG": "0",
@@ -113,12 +111,16 @@ def start_projects(
         "REDIS_URL") else "in-memory"
     if count > 1:
         settings["processes"] = str(count)
+    # daphne's limit for one incoming websocket message, as `make run` sets it. Imported here, not at the
+    # top: chatsite.server imports daphne.server, which installs Twisted's reactor in the load driver.
+    from chatsite.server import DAPHNE_LIMIT_ARGS
+
     targets: list[Target] = []
     try:
         for _ in range(count):
             port = free_port()
-            command = [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(port), *DAPHNE_ARGS,
-                       "chatsite.asgi:application"]
+            command = [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(port),
+                       *DAPHNE_LIMIT_ARGS, "chatsite.asgi:application"]
             targets.append(_start("project", command, env, port, log_dir, "/healthz", dict(settings)))
     except BaseException:
         for target in targets:

@@ -1,16 +1,22 @@
 """Run daphne so that the websocket size limit means what the contract says.
 
 ``python -m chatsite.server`` takes daphne's command-line arguments
-unchanged. Two differences, both in how autobahn (under daphne) applies
+unchanged. Every override below names the upstream code it works around,
+in the versions pinned in requirements.txt (daphne 4.2.3, autobahn
+26.10.2, Twisted 26.10.0); re-read those lines before moving a pin
+(tests/test_server.py checks the private names used).
+
+Two differences, both in how autobahn (under daphne) applies
 ``--websocket-max-message-size``:
 
 - A client frame over the limit, or with invalid UTF-8, drops the TCP
-  connection (``failByDrop``), so the client sees 1006. The contract wants the
-  closing handshake with 1009 and 1007, which ``failByDrop=False`` gives.
+  connection, so the client sees 1006. The contract wants the closing
+  handshake with 1009 and 1007, which ``failByDrop=False`` gives
+  (``ClosingWebSocketFactory``).
 - The limit also applies to what the server sends, and a bigger frame raises
   in the consumer and closes the socket. The limit is for clients; the
-  server's own frames (a page of 50 long messages, the presence list of a big
-  room) are larger, and go out whole.
+  server's own frames (a page of 50 long messages, a presence snapshot) are
+  larger, and go out whole (``ChatWebSocketProtocol.sendMessage``).
 
 Two additions:
 
@@ -22,6 +28,11 @@ Two additions:
   instead of being queued until the reactor reports the socket writable
   (docs/performance.md: that round trip was a quarter of the server's time
   in a busy room of 1,000).
+
+``MAX_CLIENT_MESSAGE_BYTES`` is the one declaration of the client limit;
+``DAPHNE_LIMIT_ARGS`` is how the test and benchmark servers pass it. The
+Makefile and the Dockerfile cannot import it and repeat the number;
+tests/test_constants.py checks that they say the same.
 """
 
 import logging
@@ -35,15 +46,33 @@ from twisted.internet import tcp
 
 logger = logging.getLogger("chat.server")
 
+# The largest websocket message (and frame) a client may send: 16 KiB, the
+# contract's limit (docs/protocol.md). daphne's --websocket-max-message-size
+# and --websocket-max-frame-size, which daphne/server.py ``Server.run`` hands
+# to autobahn as ``maxMessagePayloadSize`` and ``maxFramePayloadSize`` (daphne
+# >= 4.2.2; before it autobahn's default 0 meant no limit: CVE-2026-44545,
+# GHSA-rrc9-mx66-ffcm).
+MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+DAPHNE_LIMIT_ARGS = (
+    "--websocket-max-message-size", str(MAX_CLIENT_MESSAGE_BYTES),
+    "--websocket-max-frame-size", str(MAX_CLIENT_MESSAGE_BYTES),
+)
+
 
 def queued_bytes(transport: object) -> int:
     """Return the bytes a twisted transport holds that the kernel has not taken yet.
 
-    ``twisted.internet.abstract.FileDescriptor`` (TCP and Unix sockets) keeps
-    ``dataBuffer`` (sent up to ``offset``) plus the writes not yet joined into
-    it (``_tempDataLen``). A protocol wrapper (TLS encrypts and writes on at
-    once) is looked through to the transport under it. 0 for a transport of
-    another kind: no bound rather than a wrong one.
+    Twisted has no public "bytes queued" call (the producer API only says
+    paused or not, past ``FileDescriptor.bufferSize``, 64 KiB; daphne
+    registers no producer: django/daphne#170, "TCP bufferbloat if WebSocket
+    server keeps pushing data quickly to a slow client", open). So this reads
+    the private state of twisted/internet/abstract.py ``FileDescriptor``
+    (TCP and Unix sockets): ``write`` appends to ``_tempDataBuffer`` and adds
+    to ``_tempDataLen``; ``doWrite`` joins those into ``dataBuffer`` and
+    advances ``offset`` as the kernel takes bytes. Queued is therefore
+    ``len(dataBuffer) - offset + _tempDataLen``. A protocol wrapper (TLS
+    encrypts and writes on at once) is looked through to the transport under
+    it. 0 for a transport of another kind: no bound rather than a wrong one.
     """
     if isinstance(transport, tcp.Connection):  # the usual case: read directly, once per frame
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -58,7 +87,14 @@ def queued_bytes(transport: object) -> int:
 
 class ChatWebSocketProtocol(WebSocketProtocol):
     """daphne's websocket protocol: the size limit on received messages only,
-    and a bound on what waits for a client that does not read."""
+    and a bound on what waits for a client that does not read.
+
+    Subclasses daphne/ws_protocol.py ``WebSocketProtocol`` (itself autobahn's
+    ``WebSocketServerProtocol``); daphne's ``handle_reply`` →
+    ``serverSend`` → autobahn ``sendMessage`` → ``sendData`` →
+    ``transport.write`` is the path every frame to a browser takes, and the
+    two overrides below sit on it.
+    """
 
     # The size of the last frame written while the queue was under the
     # limit: that frame goes out whole (a 500-message resume can be several
@@ -70,11 +106,22 @@ class ChatWebSocketProtocol(WebSocketProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:  # noqa: N802
         """Write a frame straight to the socket when nothing is queued before it.
 
-        Twisted's ``transport.write`` queues the bytes and has the reactor
-        watch the socket for writability, then stop watching once they are
-        sent: two selector updates and two ``epoll_ctl`` calls per frame. A
-        socket with nothing queued takes a frame at once; only what it does
-        not take is queued, the usual way.
+        Overrides autobahn/websocket/protocol.py ``WebSocketProtocol.sendData``,
+        whose unchopped, unsynced branch calls ``self.transport.write(data)``.
+        twisted/internet/abstract.py ``FileDescriptor.write`` never writes: it
+        appends to ``_tempDataBuffer`` and calls ``startWriting`` →
+        twisted/internet/asyncioreactor.py ``AsyncioSelectorReactor.addWriter``
+        → asyncio ``loop.add_writer``; on the next turn ``doWrite`` sends and,
+        the buffer empty, ``stopWriting`` → ``removeWriter`` →
+        ``loop.remove_writer``: two selector updates and two ``epoll_ctl``
+        calls per frame. A socket with nothing queued takes a frame at once
+        (twisted/internet/tcp.py ``Connection.writeSomeData``, what
+        ``doWrite`` itself calls); only what it does not take is queued, the
+        usual way. The conditions keep autobahn's other branches as they are
+        (``chopsize``/``sync``/``send_queue`` use its delayed queue;
+        ``logOctets`` logs each write), and the traffic count is the one
+        autobahn's ``sendData`` keeps for an open socket. No upstream issue
+        asks for this; it is a cost measured here (docs/performance.md).
         """
         transport = self.transport
         if (
@@ -94,6 +141,25 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         super().sendData(data, sync, chopsize)
 
     def sendMessage(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - autobahn's name
+        """Send a frame of any size, unless the client has stopped reading.
+
+        Overrides autobahn/websocket/protocol.py ``WebSocketProtocol.sendMessage``,
+        which checks ``0 < self.maxMessagePayloadSize < payload_len`` for the
+        *outgoing* payload and raises ``PayloadExceededError``; daphne 4.2.2+
+        sets that attribute from ``--websocket-max-message-size``
+        (daphne/server.py ``Server.run``), so a server frame over the client
+        limit raised in daphne/ws_protocol.py ``serverSend`` and ended the
+        socket. The limit is lifted for the duration of the call only;
+        received messages are still checked against it (autobahn's
+        ``onMessageFrameBegin``, ``onMessageFrameData`` and, after
+        decompression, ``onFrameData`` read the same attribute). No upstream
+        issue found for the outgoing check; crossbario/autobahn-python#888
+        discusses the limit's two directions (WebSocket has no way to tell a
+        peer its limit).
+
+        Before that, the bound on what waits for this client (see
+        ``queued_bytes``; django/daphne#170).
+        """
         if self.overflowed:
             return  # aborted; daphne reports the disconnect on the next turn of the loop
         limit = settings.CHAT_SEND_BUFFER_LIMIT
@@ -110,7 +176,15 @@ class ChatWebSocketProtocol(WebSocketProtocol):
             self.frame_allowance = queued_bytes(self.transport) - queued
 
     def drop_slow_reader(self, queued: int, limit: int) -> None:
-        """Abort a connection whose client stopped reading; its tab reconnects and resumes."""
+        """Abort a connection whose client stopped reading; its tab reconnects and resumes.
+
+        ``abortConnection`` (twisted/internet/tcp.py ``_AbortingMixin``, a
+        base of ``Connection``) stops reading and writing, drops the buffered
+        bytes and calls ``connectionLost`` on the next turn, without a closing
+        handshake (which would itself wait behind the unread bytes); autobahn
+        reports ``onClose`` and daphne/ws_protocol.py ``onClose`` sends the
+        consumer ``websocket.disconnect`` with 1006.
+        """
         self.overflowed = True
         peer = "%s:%s" % tuple(self.client_addr) if self.client_addr else "unknown"  # daphne's, set on connect
         logger.warning(
@@ -120,17 +194,37 @@ class ChatWebSocketProtocol(WebSocketProtocol):
 
 
 class ClosingWebSocketFactory(WebSocketFactory):
-    """daphne's websocket factory, failing bad frames with a close frame."""
+    """daphne's websocket factory, failing bad frames with a close frame.
+
+    Subclasses daphne/ws_protocol.py ``WebSocketFactory`` (autobahn's
+    ``WebSocketServerFactory``) and builds ``ChatWebSocketProtocol``.
+    """
 
     protocol = ChatWebSocketProtocol
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 - autobahn's name
+        """Default ``failByDrop`` to False.
+
+        autobahn/websocket/protocol.py ``WebSocketServerFactory.resetProtocolOptions``
+        sets ``failByDrop = True``, and daphne/server.py ``Server.run`` calls
+        ``setProtocolOptions`` without it. With it True,
+        ``WebSocketProtocol._fail_connection`` (reached from
+        ``_max_message_size_exceeded``, ``_invalid_payload`` and
+        ``_protocol_violation``) calls ``dropConnection(abort=True)``: the
+        client sees 1006. With it False, the same call sends a close frame
+        with 1009 or 1007, as the contract says (RFC 6455 §7.1.7: an endpoint
+        failing an established connection SHOULD send a Close frame first).
+        """
         kwargs.setdefault("failByDrop", False)
         super().setProtocolOptions(*args, **kwargs)
 
 
 def main() -> None:
-    # daphne.server.Server.run builds its factory from this module global.
+    # daphne/server.py imports ``WebSocketFactory`` from daphne.ws_protocol
+    # into its own namespace, and ``Server.run`` builds ``self.ws_factory =
+    # WebSocketFactory(self, server=...)`` from that module global: daphne
+    # has no option or hook for another factory or protocol class, so the
+    # global is replaced before the CLI builds the server.
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
     CommandLineInterface.entrypoint()
 

@@ -27,8 +27,9 @@ import websockets
 from django.conf import settings
 from django.db import connection
 
+from chatsite.server import DAPHNE_LIMIT_ARGS
+
 ROOT = Path(__file__).resolve().parent.parent
-DAPHNE_ARGS = ["--websocket-max-message-size", "16384", "--websocket-max-frame-size", "16384"]
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 # What deploy/nginx.conf says for docker-compose.yml, replaced for a test.
@@ -117,7 +118,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
-             *DAPHNE_ARGS, *args, "chatsite.asgi:application"],
+             *DAPHNE_LIMIT_ARGS, *args, "chatsite.asgi:application"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         try:

@@ -25,7 +25,7 @@ from django.conf import settings
 from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
-from chatsite.server import ChatWebSocketProtocol, queued_bytes
+from chatsite.server import MAX_CLIENT_MESSAGE_BYTES, ChatWebSocketProtocol, queued_bytes
 from tests.servers import People, Server, closed_with, drain, manage, recv, until_people
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
@@ -122,7 +122,7 @@ async def test_server_frames_over_the_client_limit_go_out_whole(server):
         await ws.send(json.dumps({"type": "history", "limit": 50}))
         page = await recv(ws, "history")
         assert [m["text"][0] for m in page["messages"]] == [str(n) for n in range(10)]
-        assert len(json.dumps(page)) > 16384
+        assert len(json.dumps(page)) > MAX_CLIENT_MESSAGE_BYTES
         await ws.send(json.dumps({"type": "ping"}))
         await recv(ws, "pong")
 
@@ -310,7 +310,7 @@ def test_a_frame_bigger_than_the_limit_goes_out_and_the_limit_counts_from_its_en
     # autobahn's sendMessage, reduced to the write it ends in.
     monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
     protocol = ChatWebSocketProtocol()
-    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, ["10.0.0.7", 5050], 16384
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, ["10.0.0.7", 5050], MAX_CLIENT_MESSAGE_BYTES
     protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
 
     protocol.sendMessage(b"r" * 5000)  # a big resume page on an empty queue: out whole
@@ -331,7 +331,7 @@ def test_once_drained_the_limit_counts_from_the_last_small_frame(settings, monke
     kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
     monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
     protocol = ChatWebSocketProtocol()
-    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, 16384
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, MAX_CLIENT_MESSAGE_BYTES
     protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
     protocol.sendMessage(b"r" * 5000)
     kernel.takes = 10**6
