@@ -141,6 +141,11 @@ def parse_frame(text: str) -> ClientFrame:
         data = json.loads(text)
     except ValueError:
         raise FrameError("bad_json", "A frame must be one JSON object.") from None
+    except RecursionError:
+        # Arrays or objects nested deeper than the interpreter's recursion
+        # limit (5,000 "[" fit in a 16 KiB frame). The C decoder gives up at
+        # that depth, so refusing costs no more than parsing a flat frame.
+        raise FrameError("bad_json", "A frame must be one JSON object, not nested this deep.") from None
     if not isinstance(data, dict):
         raise FrameError("bad_json", "A frame must be one JSON object.")
     kind = data.get("type")

@@ -5,6 +5,7 @@ With REDIS_URL set, the rate limits and the socket count live in Redis, as in
 production with several server processes.
 """
 
+import logging
 import time
 
 import pytest
@@ -82,6 +83,56 @@ async def test_invisible_and_control_characters_in_names_are_refused(name):
     assert await tab.silent()  # no identity, renamed or presence change
     rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
     assert rows == ["Ada"]
+    await tab.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u3164",  # HANGUL FILLER
+        "\u3164 \u3164\u3164",
+        "\u115f\u1160",  # Hangul choseong and jungseong fillers
+        "\uffa0",  # halfwidth Hangul filler
+        "\u2800\u2800",  # braille pattern blank
+        "\u0301",  # a lone combining acute accent
+        "\u20dd\u0489",  # enclosing marks (Me)
+        "\u0903",  # a spacing mark alone (Mc)
+        "\u3164\u0301",  # a filler carrying a mark
+    ],
+)
+async def test_names_with_nothing_visible_are_refused(name):
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "rename", "username": "Ada"})
+    await tab.recv_type("identity")
+    await tab.quiet()
+    await tab.send({"type": "rename", "username": name})
+    error = await tab.recv_type("error")
+    assert error["code"] == "invalid_username"
+    assert await tab.silent()
+    rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
+    assert rows == ["Ada"]
+    await still_alive(tab)
+    await tab.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 5000 + "]" * 5000,
+        '{"type": "chat", "text": "hi", "client_id": ' + '{"a":' * 3000 + "1" + "}" * 3000 + "}",
+    ],
+)
+async def test_deeply_nested_json_gets_bad_json_and_the_socket_stays_open(frame, caplog):
+    caplog.set_level(logging.INFO)
+    tab = await open_tab(await new_browser())
+    await tab.quiet()
+    await tab.send(frame)
+    error = await tab.recv()
+    assert (error["type"], error["code"]) == ("error", "bad_json")
+    await still_alive(tab)
+    assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+    stored = await database_sync_to_async(Message.objects.count)()
+    assert stored == 0
     await tab.close()
 
 

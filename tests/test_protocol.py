@@ -76,6 +76,19 @@ def test_rejected_frames_carry_the_contract_code(text, code):
     assert rejected(text).code == code
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000 + "]" * 5000,  # 10 KB: fits in a frame
+        '{"a":' * 3000 + "1" + "}" * 3000,
+        '{"type": "chat", "text": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"type": "history", "before": ' + '{"x":' * 3000 + "1" + "}" * 3000 + "}",
+    ],
+)
+def test_deeply_nested_json_is_bad_json(text):
+    assert rejected(text).code == "bad_json"
+
+
 def test_chat_error_echoes_a_valid_client_id():
     error = rejected('{"type": "chat", "text": "", "client_id": "c9"}')
     assert (error.code, error.client_id) == ("invalid_text", "c9")
