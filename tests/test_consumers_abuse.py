@@ -363,7 +363,8 @@ async def test_a_refused_read_can_be_sent_again_after_retry_after(settings):
     await tab.send({"type": "resume", "after": 0, "client_id": "second"})
     assert (await tab.recv())["type"] == "history"
     error = await tab.recv()
-    assert (error["code"], error["client_id"], error["retry_after"]) == ("rate_limited", "second", 0.2)
+    assert (error["code"], error["client_id"]) == ("rate_limited", "second")
+    assert 0 < error["retry_after"] <= 0.2
     await asyncio.sleep(error["retry_after"])
     await tab.send({"type": "resume", "after": 0, "client_id": "second"})
     assert (await tab.recv())["type"] == "history"
