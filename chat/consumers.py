@@ -10,6 +10,7 @@ encoded; the consumer has no channel-layer channel of its own.
 import asyncio
 import logging
 import sys
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -24,8 +25,8 @@ from redis.exceptions import RedisError
 from chat import events, protocol, selectors, services
 from chat.fanout import SERVER_SEND, get_hub
 from chat.identity import Identity
+from chat.ratelimit import TokenBucket, get_rate_limiter, limit
 from chat.realtime.presence_store import get_presence
-from chat.ratelimit import get_rate_limiter
 from chat.writer import get_writer
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     live_after = 0
     # Set when the socket's cleanup begins: no renewal may put it back after.
     closing = False
+    # Whether the last frame was over the socket's frame budget: a flood is
+    # logged once, when it starts, not once per frame.
+    over_frame_budget = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -73,6 +77,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.renewal = asyncio.Lock()
         self.presence = get_presence()
         self.rate_limiter = get_rate_limiter()
+        self.frame_budget = TokenBucket(limit("frame"), time.monotonic())
         self.hub = get_hub()
         self.writer = get_writer()
         # daphne's own send, for room broadcasts (ServerSendMiddleware).
@@ -155,11 +160,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if self.identity is None or text_data is None:
             return
+        # Every frame counts against the socket's budget, a refused one too.
+        # It is parsed first (16 KiB at most), so a refusal names its client_id.
         try:
             frame = protocol.parse_frame(text_data)
         except protocol.FrameError as error:
-            logger.info("frame rejected room=%s code=%s", self.room, error.code)
-            await self.send_error(error.code, error.message, client_id=error.client_id)
+            if await self.within_frame_budget(client_id=error.client_id):
+                logger.info("frame rejected room=%s code=%s", self.room, error.code)
+                await self.send_error(error.code, error.message, client_id=error.client_id)
+            return
+        if not await self.within_frame_budget(client_id=protocol.client_id_of(frame)):
             return
         match frame:
             case protocol.Chat():
@@ -208,22 +218,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_unavailable(client_id=None)
 
     async def on_history(self, frame: protocol.History) -> None:
+        if not await self.within_rate(action="read", client_id=frame.client_id):
+            return
         try:
             messages, has_more = await database_sync_to_async(selectors.messages_before)(
                 room=self.room, before=frame.before, limit=frame.limit
             )
         except UNAVAILABLE:
-            await self.send_unavailable(client_id=None)
+            await self.send_unavailable(client_id=frame.client_id)
             return
         await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
 
     async def on_resume(self, frame: protocol.Resume) -> None:
+        if not await self.within_rate(action="read", client_id=frame.client_id):
+            return
         try:
             messages, has_more = await database_sync_to_async(selectors.messages_after)(
                 room=self.room, after=frame.after, limit=protocol.RESUME_MAX
             )
         except UNAVAILABLE:
-            await self.send_unavailable(client_id=None)
+            await self.send_unavailable(client_id=frame.client_id)
             return
         await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
 
@@ -317,10 +331,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if retry_after is None:
             return True
         logger.info("frame rejected room=%s code=rate_limited action=%s retry_after=%s", self.room, action, retry_after)
-        await self.send_error(
-            "rate_limited", "Too many messages; wait a moment.", client_id=client_id, retry_after=retry_after
-        )
+        await self.send_rate_limited(client_id=client_id, retry_after=retry_after)
         return False
+
+    async def within_frame_budget(self, *, client_id: str | None) -> bool:
+        """Take one of this socket's frame tokens (in memory); answer ``rate_limited`` when none is left."""
+        retry_after = self.frame_budget.take(limit("frame"), time.monotonic())
+        if retry_after is None:
+            self.over_frame_budget = False
+            return True
+        if not self.over_frame_budget:
+            self.over_frame_budget = True
+            logger.info("frame rejected room=%s code=rate_limited action=frame retry_after=%s "
+                        "(further refusals of this flood are not logged)", self.room, retry_after)
+        await self.send_rate_limited(client_id=client_id, retry_after=retry_after)
+        return False
+
+    async def send_rate_limited(self, *, client_id: str | None, retry_after: float) -> None:
+        await self.send_error(
+            "rate_limited", "Too many requests; wait a moment.", client_id=client_id, retry_after=retry_after
+        )
 
     async def send_unavailable(self, *, client_id: str | None) -> None:
         # Called from the caller's except block: name what failed (its class;

@@ -71,11 +71,13 @@ class Rename:
 class History:
     before: int | None
     limit: int
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Resume:
     after: int
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,20 @@ class Ping:
 ClientFrame = Chat | Rename | History | Resume | Ping
 
 
-def _message_id(data: dict[str, Any], field: str, *, required: bool) -> int | None:
+def client_id_of(frame: ClientFrame) -> str | None:
+    """Return the ``client_id`` an error about ``frame`` echoes (None: it has none)."""
+    return frame.client_id if isinstance(frame, Chat | History | Resume) else None
+
+
+def _message_id(data: dict[str, Any], field: str, *, required: bool, client_id: str | None) -> int | None:
     value = data.get(field)
     if value is None and not required:
         return None
     # bool is an int in Python; true is not a message id.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise FrameError("invalid_request", f"'{field}' must be a message id (an integer >= 0).")
+        raise FrameError(
+            "invalid_request", f"'{field}' must be a message id (an integer >= 0).", client_id=client_id
+        )
     return value
 
 
@@ -101,6 +110,16 @@ def _check(check: Any, value: Any, *, client_id: str | None = None) -> Any:
         return check(value)
     except ValidationError as exc:
         raise FrameError(exc.code or "invalid_request", exc.messages[0], client_id=client_id) from exc
+
+
+def _read_client_id(data: dict[str, Any]) -> str | None:
+    # Our extension: a read may carry a client_id, echoed by an error about
+    # it (rate_limited), so the client knows which request to send again.
+    # The contract does not define it for reads: an invalid one is ignored.
+    try:
+        return validators.check_client_id(data.get("client_id"))
+    except ValidationError:
+        return None
 
 
 def _parse_chat(data: dict[str, Any]) -> Chat:
@@ -114,16 +133,21 @@ def _parse_rename(data: dict[str, Any]) -> Rename:
 
 
 def _parse_history(data: dict[str, Any]) -> History:
+    client_id = _read_client_id(data)
     limit = data.get("limit", HISTORY_DEFAULT_LIMIT)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_MAX_LIMIT:
-        raise FrameError("invalid_request", f"'limit' must be an integer from 1 to {HISTORY_MAX_LIMIT}.")
-    return History(before=_message_id(data, "before", required=False), limit=limit)
+        raise FrameError(
+            "invalid_request", f"'limit' must be an integer from 1 to {HISTORY_MAX_LIMIT}.", client_id=client_id
+        )
+    before = _message_id(data, "before", required=False, client_id=client_id)
+    return History(before=before, limit=limit, client_id=client_id)
 
 
 def _parse_resume(data: dict[str, Any]) -> Resume:
-    after = _message_id(data, "after", required=True)
+    client_id = _read_client_id(data)
+    after = _message_id(data, "after", required=True, client_id=client_id)
     assert after is not None
-    return Resume(after=after)
+    return Resume(after=after, client_id=client_id)
 
 
 _PARSERS = {
@@ -141,6 +165,11 @@ def parse_frame(text: str) -> ClientFrame:
         data = json.loads(text)
     except ValueError:
         raise FrameError("bad_json", "A frame must be one JSON object.") from None
+    except RecursionError:
+        # Arrays or objects nested deeper than the interpreter's recursion
+        # limit (5,000 "[" fit in a 16 KiB frame). The C decoder gives up at
+        # that depth, so refusing costs no more than parsing a flat frame.
+        raise FrameError("bad_json", "A frame must be one JSON object, not nested this deep.") from None
     if not isinstance(data, dict):
         raise FrameError("bad_json", "A frame must be one JSON object.")
     kind = data.get("type")

@@ -1,13 +1,24 @@
-"""Per-identity rate limits: a token bucket per (action, author), shared by all tabs.
+"""Rate limits: token buckets per (action, author), shared by all its tabs, and per socket.
 
-Defaults: a burst of ``CHAT_RATE_BURST`` (10), refilled at
-``CHAT_RATE_PER_SECOND`` (1/s). With ``REDIS_URL`` the bucket lives in Redis,
-so the limit holds across every server process; the clock is Redis's own.
+Each action's limit (a burst, then a refill rate) is declared once, in
+``LIMITS``, by the names of its settings:
+
+- ``chat`` and ``rename`` (a bucket each): ``CHAT_RATE_BURST`` (10), then
+  ``CHAT_RATE_PER_SECOND`` (1/s);
+- ``read``, ``history`` and ``resume`` together: ``CHAT_READ_RATE_BURST``
+  (10), then ``CHAT_READ_RATE_PER_SECOND`` (2/s);
+- ``frame``, any frame of one socket: ``CHAT_FRAME_RATE_BURST`` (30), then
+  ``CHAT_FRAME_RATE_PER_SECOND`` (10/s). A socket lives in one process, so
+  its ``TokenBucket`` is the consumer's own: no Redis round trip per frame.
+
+With ``REDIS_URL`` the per-author buckets live in Redis, so the limits hold
+across every server process; the clock is Redis's own.
 """
 
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from django.conf import settings
@@ -17,6 +28,28 @@ from redis.exceptions import RedisError
 from chat import redis_client
 
 logger = logging.getLogger(__name__)
+
+# Each action's burst and refill rate, by the names of the settings holding them.
+LIMITS: dict[str, tuple[str, str]] = {
+    "chat": ("CHAT_RATE_BURST", "CHAT_RATE_PER_SECOND"),
+    "rename": ("CHAT_RATE_BURST", "CHAT_RATE_PER_SECOND"),
+    "read": ("CHAT_READ_RATE_BURST", "CHAT_READ_RATE_PER_SECOND"),
+    "frame": ("CHAT_FRAME_RATE_BURST", "CHAT_FRAME_RATE_PER_SECOND"),
+}
+# How often the in-process limiter forgets the buckets that are full again.
+SWEEP_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    burst: int
+    per_second: float
+
+
+def limit(action: str) -> Limit:
+    """Return the limit of ``action`` (a key of ``LIMITS``), as configured now."""
+    burst, per_second = LIMITS[action]
+    return Limit(getattr(settings, burst), getattr(settings, per_second))
 
 
 class RateLimiter(Protocol):
@@ -29,22 +62,57 @@ def _retry_after(missing_tokens: float, rate: float) -> float:
     return max(0.1, math.ceil(missing_tokens / rate * 10) / 10)
 
 
+class TokenBucket:
+    """One bucket: the tokens left when last counted, and when (``time.monotonic``). Full when made."""
+
+    # One per socket and per active author: keep it two floats.
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, rule: Limit, now: float) -> None:
+        self.tokens = float(rule.burst)
+        self.stamp = now
+
+    def take(self, rule: Limit, now: float) -> float | None:
+        """Take one token; return None if allowed, else seconds until one is free."""
+        self.tokens = min(float(rule.burst), self.tokens + max(0.0, now - self.stamp) * rule.per_second)
+        self.stamp = now
+        if self.tokens < 1:
+            return _retry_after(1 - self.tokens, rule.per_second)
+        self.tokens -= 1
+        return None
+
+    def is_full(self, rule: Limit, now: float) -> bool:
+        return self.tokens + max(0.0, now - self.stamp) * rule.per_second >= rule.burst
+
+
 class LocalRateLimiter:
-    """Token buckets in this process."""
+    """Token buckets in this process.
+
+    A bucket that has filled up again acts like one never made, so the
+    buckets of authors gone quiet are dropped, once every ``SWEEP_INTERVAL``.
+    """
 
     def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
 
     async def hit(self, *, action: str, author_id: str) -> float | None:
-        burst, rate = settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get((action, author_id), (float(burst), now))
-        tokens = min(float(burst), tokens + (now - stamp) * rate)
-        if tokens < 1:
-            self._buckets[(action, author_id)] = (tokens, now)
-            return _retry_after(1 - tokens, rate)
-        self._buckets[(action, author_id)] = (tokens - 1, now)
-        return None
+        return self.take(action=action, author_id=author_id)
+
+    def take(self, *, action: str, author_id: str) -> float | None:
+        """``hit``, without the event loop."""
+        rule, now = limit(action), time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        bucket = self._buckets.get((action, author_id))
+        if bucket is None:
+            bucket = self._buckets[(action, author_id)] = TokenBucket(rule, now)
+        return bucket.take(rule, now)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_INTERVAL
+        rules = {action: limit(action) for action in LIMITS}
+        self._buckets = {key: b for key, b in self._buckets.items() if not b.is_full(rules[key[0]], now)}
 
 
 # KEYS[1] = bucket; ARGV = burst, rate per second. Returns -1 when allowed,
@@ -78,17 +146,17 @@ class RedisRateLimiter:
         self._script = client.register_script(_TOKEN_BUCKET)
 
     async def hit(self, *, action: str, author_id: str) -> float | None:
-        rate = settings.CHAT_RATE_PER_SECOND
+        rule = limit(action)
         try:
             missing = float(
                 await self._script(
-                    [redis_client.key("rate", action, author_id)], [settings.CHAT_RATE_BURST, rate]
+                    [redis_client.key("rate", action, author_id)], [rule.burst, rule.per_second]
                 )
             )
         except (RedisError, OSError) as exc:
             logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)
             return await _fallback.hit(action=action, author_id=author_id)
-        return None if missing < 0 else _retry_after(missing, rate)
+        return None if missing < 0 else _retry_after(missing, rule.per_second)
 
 
 _local = LocalRateLimiter()

@@ -26,6 +26,15 @@ _FORBIDDEN_IN_NAMES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 # Texts keep tabs and line breaks; other control characters and surrogates
 # are refused (PostgreSQL cannot store NUL at all).
 _ALLOWED_TEXT_CONTROLS = {"\t", "\n", "\r"}
+# What shows nothing by itself, for the rule that a name needs one visible
+# character. Whole categories: separators, marks (drawn on the character
+# before them), control and format characters. Then letters and symbols drawn
+# as blank space, the favourites for names that look empty: the Hangul
+# fillers and the blank braille pattern. Then the default-ignorable code
+# points not assigned yet, which renderers must not show: U+2065,
+# U+FFF0-U+FFF8 and plane 14 (``_is_visible``).
+_BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Mn", "Mc", "Me", "Cc", "Cf", "Cs"})
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u2065") | frozenset(map(chr, range(0xFFF0, 0xFFF9)))
 _ZWJ = "\u200d"
 _VARIATION_SELECTOR_16 = "\ufe0f"
 
@@ -47,11 +56,21 @@ def _joins_emoji(name: str, index: int) -> bool:
     return 0 < index < len(name) - 1 and _is_emoji(name[index - 1]) and _is_emoji(name[index + 1])
 
 
+def _is_visible(char: str) -> bool:
+    return (
+        unicodedata.category(char) not in _BLANK_CATEGORIES
+        and char not in _BLANK_CHARACTERS
+        and not 0xE0000 <= ord(char) <= 0xE0FFF
+    )
+
+
 def check_username(username: object) -> str:
     """Normalize a display name: trim, NFC, fold inner white space; 1-32 characters.
 
     Control, format and separator characters are refused, except a zero-width
-    joiner between two emoji (family and profession emoji need it).
+    joiner between two emoji (family and profession emoji need it). At least
+    one character must be visible: fillers and lone combining marks alone
+    would show an empty name.
     """
     if not isinstance(username, str):
         raise ValidationError("A name must be a string.", code="invalid_username")
@@ -70,6 +89,8 @@ def check_username(username: object) -> str:
                 f"A name cannot contain the invisible or control character U+{ord(char):04X}.",
                 code="invalid_username",
             )
+    if not any(map(_is_visible, name)):
+        raise ValidationError("A name needs at least one visible character.", code="invalid_username")
     return name
 
 

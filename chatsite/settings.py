@@ -158,6 +158,12 @@ if not SECURE_HSTS_PRELOAD:
 CHAT_STALE_SETTINGS_DAYS = env.int("CHAT_STALE_SETTINGS_DAYS", default=100)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=10)
 CHAT_RATE_PER_SECOND = env.float("CHAT_RATE_PER_SECOND", default=1.0)
+# history and resume, per identity across its tabs and processes.
+CHAT_READ_RATE_BURST = env.int("CHAT_READ_RATE_BURST", default=10)
+CHAT_READ_RATE_PER_SECOND = env.float("CHAT_READ_RATE_PER_SECOND", default=2.0)
+# Frames of any kind, per socket.
+CHAT_FRAME_RATE_BURST = env.int("CHAT_FRAME_RATE_BURST", default=30)
+CHAT_FRAME_RATE_PER_SECOND = env.float("CHAT_FRAME_RATE_PER_SECOND", default=10.0)
 CHAT_PRESENCE_TTL = env.float("CHAT_PRESENCE_TTL", default=60.0)
 # Open sockets one identity may hold, across all rooms and server processes.
 CHAT_MAX_SOCKETS_PER_IDENTITY = env.int("CHAT_MAX_SOCKETS_PER_IDENTITY", default=20)

@@ -412,6 +412,31 @@ def test_scrolling_up_loads_older_messages_without_gaps_or_duplicates(new_browse
     expect(page.locator("#older")).to_be_hidden()
 
 
+@pytest.fixture
+def one_read_a_second(server_env: dict[str, str]) -> None:
+    server_env |= {"CHAT_READ_RATE_BURST": "1", "CHAT_READ_RATE_PER_SECOND": "1"}
+
+
+def test_a_read_refused_by_the_rate_limit_is_asked_again_after_the_wait(one_read_a_second, new_browser, server_env):
+    texts = [f"m{n:03}" for n in range(1, 131)]
+    post_messages(server_env, "archive", texts)
+    page = new_browser().new_page()
+    refused: list[str] = []
+    on_frame = lambda text: refused.append(text) if "rate_limited" in text else None  # noqa: E731
+    page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
+    page.goto("/chat/archive/")
+    expect(status(page)).to_have_text("connected")
+    expect(page.get_by_test_id("message")).to_have_count(50)
+
+    messages = page.get_by_test_id("messages")
+    for count in (100, 130):  # the second page comes at once: over the limit
+        messages.evaluate("el => { el.scrollTop = 0; }")
+        expect(page.get_by_test_id("message")).to_have_count(count)
+    assert [t for _, t in shown(page)] == texts
+    assert refused  # it was refused, and asked again
+    expect(page.locator("#older")).to_be_hidden()
+
+
 # Pleasant on a phone -------------------------------------------------------------------
 
 

@@ -162,6 +162,8 @@ def socket(settings):
     # Rate limits would hide the answers under test (tested on their own below).
     settings.CHAT_RATE_BURST = 100_000
     settings.CHAT_RATE_PER_SECOND = 100_000.0
+    settings.CHAT_READ_RATE_BURST = settings.CHAT_FRAME_RATE_BURST = 100_000
+    settings.CHAT_READ_RATE_PER_SECOND = settings.CHAT_FRAME_RATE_PER_SECOND = 100_000.0
     one = OneSocket()
     yield one
     one.close()

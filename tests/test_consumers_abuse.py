@@ -5,6 +5,8 @@ With REDIS_URL set, the rate limits and the socket count live in Redis, as in
 production with several server processes.
 """
 
+import asyncio
+import logging
 import time
 
 import pytest
@@ -22,6 +24,7 @@ BURST, RATE = 10, 1.0
 def default_limits(settings):
     settings.CHAT_RATE_BURST = BURST
     settings.CHAT_RATE_PER_SECOND = RATE
+    return settings
 
 
 # --- Hostile texts and names ----------------------------------------------------
@@ -82,6 +85,56 @@ async def test_invisible_and_control_characters_in_names_are_refused(name):
     assert await tab.silent()  # no identity, renamed or presence change
     rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
     assert rows == ["Ada"]
+    await tab.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u3164",  # HANGUL FILLER
+        "\u3164 \u3164\u3164",
+        "\u115f\u1160",  # Hangul choseong and jungseong fillers
+        "\uffa0",  # halfwidth Hangul filler
+        "\u2800\u2800",  # braille pattern blank
+        "\u0301",  # a lone combining acute accent
+        "\u20dd\u0489",  # enclosing marks (Me)
+        "\u0903",  # a spacing mark alone (Mc)
+        "\u3164\u0301",  # a filler carrying a mark
+    ],
+)
+async def test_names_with_nothing_visible_are_refused(name):
+    tab = await open_tab(await new_browser())
+    await tab.send({"type": "rename", "username": "Ada"})
+    await tab.recv_type("identity")
+    await tab.quiet()
+    await tab.send({"type": "rename", "username": name})
+    error = await tab.recv_type("error")
+    assert error["code"] == "invalid_username"
+    assert await tab.silent()
+    rows = await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))()
+    assert rows == ["Ada"]
+    await still_alive(tab)
+    await tab.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 5000 + "]" * 5000,
+        '{"type": "chat", "text": "hi", "client_id": ' + '{"a":' * 3000 + "1" + "}" * 3000 + "}",
+    ],
+)
+async def test_deeply_nested_json_gets_bad_json_and_the_socket_stays_open(frame, caplog):
+    caplog.set_level(logging.INFO)
+    tab = await open_tab(await new_browser())
+    await tab.quiet()
+    await tab.send(frame)
+    error = await tab.recv()
+    assert (error["type"], error["code"]) == ("error", "bad_json")
+    await still_alive(tab)
+    assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+    stored = await database_sync_to_async(Message.objects.count)()
+    assert stored == 0
     await tab.close()
 
 
@@ -163,6 +216,7 @@ async def test_a_chat_flood_over_ten_tabs_is_cut_to_the_token_bucket(default_lim
 
 
 async def test_a_rename_flood_is_throttled_by_its_own_bucket(default_limits):
+    default_limits.CHAT_FRAME_RATE_BURST = 1000  # 51 frames from one socket: not the limit under test
     key = await new_browser()
     tab, other_tab = await open_tab(key), await open_tab(key)
     for t in (tab, other_tab):
@@ -257,3 +311,104 @@ async def test_a_hundred_sockets_from_one_identity_stop_at_the_default_cap(setti
         await still_alive(tab)
     for tab in (*tabs, grace_before, grace_after):
         await tab.close()
+
+
+# --- Reads and frames -----------------------------------------------------------------
+
+
+async def test_reads_are_limited_per_identity_across_tabs_at_the_defaults(settings):
+    assert (settings.CHAT_READ_RATE_BURST, settings.CHAT_READ_RATE_PER_SECOND) == (10, 2.0)
+    ada, grace = await new_browser(), await new_browser()
+    tabs = [await open_tab(ada), await open_tab(ada, room="other")]
+    watcher = await open_tab(grace)
+    for tab in (*tabs, watcher):
+        await tab.quiet()
+
+    started = time.monotonic()
+    for n in range(40):  # 20 a tab: within each socket's frame budget
+        kind = {"type": "history"} if n % 2 else {"type": "resume", "after": 0}
+        await tabs[n % 2].send({**kind, "client_id": f"r{n}"})
+    answered, refused = 0, []
+    for tab in tabs:
+        for _ in range(20):
+            frame = await tab.recv()
+            while frame["type"] == "presence":
+                frame = await tab.recv()
+            if frame["type"] == "history":
+                answered += 1
+            else:
+                refused.append(frame)
+    elapsed = time.monotonic() - started
+
+    assert 10 <= answered <= 10 + 2.0 * elapsed + 1
+    assert len(refused) == 40 - answered
+    assert all(f["type"] == "error" and f["code"] == "rate_limited" and f["retry_after"] > 0 for f in refused)
+    assert all(f["client_id"].startswith("r") for f in refused)
+    for tab in tabs:
+        assert await tab.silent()  # a refused read does nothing else
+    # Grace reads as she likes; Ada's sockets are open and chat still works.
+    await watcher.send({"type": "history"})
+    assert (await watcher.recv_type("history"))["has_more"] is False
+    await tabs[0].send({"type": "chat", "text": "still here", "client_id": "c"})
+    assert (await tabs[0].recv_type("chat"))["client_id"] == "c"
+    for tab in (*tabs, watcher):
+        await still_alive(tab)
+        await tab.close()
+
+
+async def test_a_refused_read_can_be_sent_again_after_retry_after(settings):
+    settings.CHAT_READ_RATE_BURST, settings.CHAT_READ_RATE_PER_SECOND = 1, 5.0
+    tab = await open_tab(await new_browser())
+    await tab.quiet()
+    await tab.send({"type": "resume", "after": 0, "client_id": "first"})
+    await tab.send({"type": "resume", "after": 0, "client_id": "second"})
+    assert (await tab.recv())["type"] == "history"
+    error = await tab.recv()
+    assert (error["code"], error["client_id"]) == ("rate_limited", "second")
+    assert 0 < error["retry_after"] <= 0.2
+    await asyncio.sleep(error["retry_after"])
+    await tab.send({"type": "resume", "after": 0, "client_id": "second"})
+    assert (await tab.recv())["type"] == "history"
+    await tab.close()
+
+
+async def test_a_socket_gets_a_burst_of_30_frames_then_10_a_second(settings):
+    assert (settings.CHAT_FRAME_RATE_BURST, settings.CHAT_FRAME_RATE_PER_SECOND) == (30, 10.0)
+    key = await new_browser()
+    tab, other_tab = await open_tab(key), await open_tab(key)
+    for t in (tab, other_tab):
+        await t.quiet()
+
+    started = time.monotonic()
+    for _ in range(100):
+        await tab.send({"type": "ping"})
+    replies = [await tab.recv() for _ in range(100)]
+    elapsed = time.monotonic() - started
+    pongs = [f for f in replies if f["type"] == "pong"]
+    refused = [f for f in replies if f["type"] == "error"]
+    assert 30 <= len(pongs) <= 30 + 10.0 * elapsed + 1
+    assert len(refused) == 100 - len(pongs)
+    assert all(f["code"] == "rate_limited" and f["retry_after"] > 0 and "client_id" not in f for f in refused)
+    # The budget is the socket's: another tab of the same browser is not limited.
+    await still_alive(other_tab)
+    for t in (tab, other_tab):
+        await t.close()
+
+
+async def test_a_chat_over_the_frame_budget_is_refused_with_its_client_id_and_not_stored(settings):
+    settings.CHAT_FRAME_RATE_BURST, settings.CHAT_FRAME_RATE_PER_SECOND = 5, 0.01
+    settings.CHAT_RATE_BURST = 100
+    tab = await open_tab(await new_browser())
+    await tab.quiet()
+    for n in range(8):
+        await tab.send({"type": "chat", "text": f"m{n}", "client_id": f"c{n}"})
+    replies = await answers(tab, {f"c{n}" for n in range(8)})
+    assert {cid for cid, f in replies.items() if f["type"] == "chat"} == {f"c{n}" for n in range(5)}
+    for n in range(5, 8):
+        assert replies[f"c{n}"]["code"] == "rate_limited" and replies[f"c{n}"]["retry_after"] > 0
+    # Bad frames count too, and over the budget are answered rate_limited, not bad_json.
+    await tab.send("not json")
+    assert (await tab.recv())["code"] == "rate_limited"
+    stored = await database_sync_to_async(lambda: sorted(Message.objects.values_list("client_id", flat=True)))()
+    assert stored == [f"c{n}" for n in range(5)]
+    await tab.close()

@@ -76,6 +76,30 @@ def test_rejected_frames_carry_the_contract_code(text, code):
     assert rejected(text).code == code
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000 + "]" * 5000,  # 10 KB: fits in a frame
+        '{"a":' * 3000 + "1" + "}" * 3000,
+        '{"type": "chat", "text": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"type": "history", "before": ' + '{"x":' * 3000 + "1" + "}" * 3000 + "}",
+    ],
+)
+def test_deeply_nested_json_is_bad_json(text):
+    assert rejected(text).code == "bad_json"
+
+
+def test_reads_may_carry_a_client_id_for_their_errors():
+    assert parse({"type": "resume", "after": 3, "client_id": "r1"}) == protocol.Resume(after=3, client_id="r1")
+    assert parse({"type": "history", "client_id": "r2"}) == protocol.History(None, 50, client_id="r2")
+    # Not defined for reads by the contract: an invalid one is ignored, not refused.
+    assert parse({"type": "resume", "after": 3, "client_id": 7}) == protocol.Resume(after=3)
+    error = rejected('{"type": "history", "limit": 0, "client_id": "r3"}')
+    assert (error.code, error.client_id) == ("invalid_request", "r3")
+    assert protocol.client_id_of(protocol.Resume(after=1, client_id="r4")) == "r4"
+    assert protocol.client_id_of(protocol.Ping()) is None
+
+
 def test_chat_error_echoes_a_valid_client_id():
     error = rejected('{"type": "chat", "text": "", "client_id": "c9"}')
     assert (error.code, error.client_id) == ("invalid_text", "c9")

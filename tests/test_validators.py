@@ -19,6 +19,13 @@ from chat import validators
         ("名前", "名前"),
         ("<script>alert(1)</script>", "<script>alert(1)</script>"),  # just text; escaped when shown
         ("javascript:alert(1)", "javascript:alert(1)"),
+        # Blanks and marks next to something visible are part of a name.
+        ("e\u0301", "\u00e9"),
+        ("\u0915\u093f", "\u0915\u093f"),  # Devanagari ki: a letter and its vowel sign (Mc)
+        ("\u2764\ufe0f", "\u2764\ufe0f"),  # red heart: symbol + variation selector
+        ("\u3164Ada", "\u3164Ada"),
+        ("\u2800 x", "\u2800 x"),
+        ("\ue000", "\ue000"),  # private use: drawn by some font, or as a box
     ],
 )
 def test_check_username_normalizes(raw, expected):
@@ -44,6 +51,20 @@ def test_check_username_normalizes(raw, expected):
         "bell\x07",  # control (Cc)
         "nul\x00",
         "lone\ud800surrogate",
+        # Nothing visible: fillers, blank braille, lone marks, unassigned ignorables.
+        "\u3164",
+        "\u3164 \u3164",
+        "\u115f\u1160",
+        "\uffa0",
+        "\u2800\u2800\u2800",
+        "\u0301",
+        "\u0301\u0302 \u0303",
+        "\u20dd",  # enclosing circle (Me)
+        "\u0903",  # Devanagari visarga alone (Mc)
+        "\u3164\u0301",
+        "\ufe0f",
+        "\ufff0",
+        "\U000e0100",  # variation selector 17 (Mn, plane 14)
         None,
         42,
         ["Ada"],

@@ -18,7 +18,8 @@ const state = {
   known: new Set(),           // ids of the messages on the page
   lastId: 0,                  // newest message id seen: what `resume` asks after
   pending: new Map(),         // client_id -> text, sent without an echo yet
-  requests: [],               // "older" | "resume", in the order they were sent
+  requests: [],               // reads ({kind: "older" | "resume", clientId, fields}) in the order sent
+  reads: 0,                   // numbers the reads' client_ids
   people: new Map(),          // author_id -> listed person: the last snapshot plus the diffs since
   nameTimer: null,
 };
@@ -122,7 +123,7 @@ const render = {
     if (stick) scrollToBottom();
   },
   history(frame) {
-    const kind = state.requests.shift();
+    const kind = state.requests.shift()?.kind;
     if (kind === "older") {
       const list = els.messages;
       const fromBottom = list.scrollHeight - list.scrollTop;
@@ -156,6 +157,19 @@ const render = {
     showPeople(frame.count);
   },
   error(frame) {
+    const read = frame.client_id ? state.requests.find((r) => r.clientId === frame.client_id) : null;
+    if (read) {
+      // A refused read gets no other answer: ask again after the wait.
+      state.requests.splice(state.requests.indexOf(read), 1);
+      if (frame.code === "rate_limited" || frame.code === "unavailable") {
+        const socket = state.socket;
+        setTimeout(() => { if (state.socket === socket) request(read.kind, read.fields); },
+          (frame.retry_after ?? 2) * 1000);
+      } else if (read.kind === "older") {
+        els.older.disabled = false;
+      }
+      return;
+    }
     const item = frame.client_id && state.pending.has(frame.client_id) ? frame.client_id : null;
     if (frame.code === "rate_limited" || frame.code === "unavailable") {
       const wait = (frame.retry_after ?? 2) * 1000;
@@ -232,7 +246,11 @@ function resendPending() {
 }
 
 function request(kind, fields) {
-  if (send({ type: kind === "older" ? "history" : "resume", ...fields })) state.requests.push(kind);
+  // The client_id comes back on an error about the read (rate_limited), to retry it.
+  const clientId = `read-${++state.reads}`;
+  if (send({ type: kind === "older" ? "history" : "resume", ...fields, client_id: clientId })) {
+    state.requests.push({ kind, clientId, fields });
+  }
 }
 
 function connect() {
@@ -353,10 +371,11 @@ els.name.addEventListener("blur", () => {
 // --- Older messages ---------------------------------------------------------------
 
 function loadOlder() {
-  if (els.older.hidden || els.older.disabled || state.requests.includes("older")) return;
+  const olderAsked = () => state.requests.some((r) => r.kind === "older");
+  if (els.older.hidden || els.older.disabled || olderAsked()) return;
   els.older.disabled = true;
   request("older", { before: oldestId(), limit: config.page_size });
-  if (!state.requests.includes("older")) els.older.disabled = false;
+  if (!olderAsked()) els.older.disabled = false;
 }
 
 els.older.addEventListener("click", loadOlder);
