@@ -147,7 +147,7 @@ async def test_an_added_then_edited_row_reaches_the_browsers_open_tab(staff_clie
     await post("/admin/chat/visitorsettings/add/", {"session_id": session["session_id"], "username": "Added by staff"})
     assert await tab.recv_type("identity") == {"type": "identity", "username": "Added by staff"}
 
-    row = await VisitorSettings.objects.aget(session_id=session["session_id"])
+    row = await database_sync_to_async(VisitorSettings.objects.get)(session_id=session["session_id"])
     await post(f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": "Edited by staff"})
     assert await tab.recv_type("identity") == {"type": "identity", "username": "Edited by staff"}
     await tab.close()
