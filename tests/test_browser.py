@@ -152,6 +152,29 @@ def test_a_name_typed_in_one_tab_shows_in_the_other_within_a_second(new_browser)
     screenshot(two, "two-tabs-renamed")
 
 
+def test_a_name_saved_with_enter_is_on_the_message_sent_right_after(new_browser):
+    page = open_room(new_browser())
+    name_field(page).fill("Ada")
+    name_field(page).press("Enter")
+    say(page, "right after the rename")  # well within the typing debounce
+    expect(page.get_by_test_id("message")).to_have_count(1)
+    assert shown(page) == [("Ada", "right after the rename")]
+    expect(page.locator("#name-state")).to_have_text("saved")
+
+    page.reload()
+    expect(status(page)).to_have_text("connected")
+    expect(name_field(page)).to_have_value("Ada")
+    assert shown(page) == [("Ada", "right after the rename")]
+
+
+def test_a_name_is_saved_when_the_field_loses_focus(new_browser):
+    page = open_room(new_browser())
+    name_field(page).fill("Grace")
+    name_field(page).blur()
+    page.reload()  # at once: the typing debounce would not have fired yet
+    expect(name_field(page)).to_have_value("Grace")
+
+
 # 3. Two browsers -------------------------------------------------------------------
 
 
