@@ -9,6 +9,7 @@ states land in ``artifacts/screenshots/``.
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -433,6 +434,22 @@ def test_scrolling_up_loads_older_messages_without_gaps_or_duplicates(new_browse
     ids = shown_ids(page)
     assert ids == sorted(set(ids))
     expect(page.locator("#older")).to_be_hidden()
+
+
+# Accessible --------------------------------------------------------------------------
+
+
+def test_the_message_list_is_a_live_log_and_a_refused_message_says_why_in_words(new_browser):
+    page = open_room(new_browser())
+    # A screen reader announces what is added to the conversation.
+    expect(page.get_by_role("log")).to_have_attribute("data-testid", "messages")
+
+    say(page, "pasted from a terminal \u0007")  # a control character: the server refuses it
+    refused = page.get_by_test_id("message-pending")
+    expect(refused).to_contain_text(re.compile(r"not sent: .*control character"))
+    expect(refused.get_by_text("not sent:")).to_be_visible()
+    expect(page.get_by_role("log").get_by_text("not sent:")).to_have_count(1)
+    screenshot(page, "message-not-sent")
 
 
 # Pleasant on a phone -------------------------------------------------------------------

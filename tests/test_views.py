@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import uuid
 
 import pytest
@@ -135,6 +136,12 @@ def test_first_render_holds_the_name_and_newest_50_oldest_first(client):
     assert shown == ids[-50:]
     assert "message 10 &lt;i&gt;x&lt;/i&gt;" in html and "<i>x</i>" not in html
     assert "message 9 " not in html
+
+
+def test_the_message_list_is_a_live_log(client):
+    html = client.get("/chat/lobby/").content.decode()
+    (tag,) = re.findall(r'<ol [^>]*data-testid="messages"[^>]*>', html)
+    assert 'role="log"' in tag
 
 
 HOSTILE_NAME = '"><script>alert(1)</script>'

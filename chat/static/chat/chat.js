@@ -173,7 +173,13 @@ const render = {
     if (item) {
       state.pending.delete(item);
       const li = els.messages.querySelector(`[data-client-id="${CSS.escape(item)}"]`);
-      if (li) { li.classList.add("failed"); li.title = frame.message; }
+      if (li) {
+        // Said in words, not only by the red border: read out by the live log too.
+        li.classList.add("failed");
+        const why = li.appendChild(document.createElement("span"));
+        why.className = "failure";
+        why.textContent = `not sent: ${frame.message}`;
+      }
     }
     console.warn("chat: server refused a frame:", frame.code, frame.message);
   },
