@@ -61,6 +61,11 @@ class VisitorSettingsAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: VisitorSettings, form: forms.ModelForm, change: bool) -> None:
         previous = form.initial.get("username") or guest_name_for(author_id_for(obj.session_id))
         services.rename_visitor(session_id=obj.session_id, username=obj.username, previous=previous)
+        # The service upserts its own row, not ``obj``: on an add, take the new
+        # row's primary key (the admin's redirect and history need it), then
+        # load what was saved (the normalized name, the times).
+        if not change:
+            obj.pk = VisitorSettings.objects.values_list("pk", flat=True).get(session_id=obj.session_id)
         obj.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: VisitorSettings) -> None:

@@ -202,7 +202,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not await self.within_rate(action="rename", client_id=None):
             return
         try:
-            await events.call_service(
+            username = await events.call_service(
                 services.rename_visitor,
                 session_id=self.identity.session_id,
                 username=frame.username,
@@ -212,10 +212,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Saved, but the layer (Redis) did not take the event: this
             # process's tabs of the browser get it at once; tabs on other
             # processes see the name on their next connect.
+            username = failed.result
             for _group, event in failed.unsent:
                 await self.hub.dispatch(event)
         except UNAVAILABLE:
             await self.send_unavailable(client_id=None)
+            return
+        # This tab's next frame (a chat sent right after the rename) carries
+        # the new name, without waiting for the event to come back via the hub.
+        self.identity = replace(self.identity, username=username)
 
     async def on_history(self, frame: protocol.History) -> None:
         if not await self.within_rate(action="read", client_id=frame.client_id):

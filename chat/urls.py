@@ -9,5 +9,4 @@ app_name = "chat"
 urlpatterns = [
     path("", RedirectView.as_view(url="/chat/lobby/", permanent=False), name="index"),
     re_path(rf"^chat/(?P<room>{ROOM_PATTERN})/$", views.room, name="room"),
-    path("healthz", views.healthz, name="healthz"),
 ]

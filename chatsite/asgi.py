@@ -1,6 +1,9 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
+import logging
 import os
+import sys
+from pathlib import Path
 
 from django.core.asgi import get_asgi_application
 
@@ -30,3 +33,29 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+
+def started_by_plain_daphne() -> bool:
+    """Whether daphne's own command line (``daphne …``, ``python -m daphne``) runs this process.
+
+    ``python -m chatsite.server`` runs daphne's command line too, but as its
+    own ``__main__``, after putting its websocket factory in place.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:  # python -m …
+        return spec.name in {"daphne", "daphne.__main__"}
+    return Path(sys.argv[0]).name == "daphne"
+
+
+if started_by_plain_daphne():
+    # Not importing chatsite.server to check: importing daphne.server installs
+    # Twisted's reactor, which only a daphne process wants.
+    logging.getLogger("chat.server").warning(
+        "Started as plain daphne, not python -m chatsite.server: websocket frames over the limit or "
+        "with invalid UTF-8 drop the connection (1006) instead of closing it with 1009 or 1007; "
+        "the 16 KiB limit holds only with --websocket-max-message-size 16384 --websocket-max-frame-size "
+        "16384, and then the server's own larger frames fail; a client that stops reading is never "
+        "dropped (CHAT_SEND_BUFFER_LIMIT). Start it with: python -m chatsite.server -b HOST -p PORT "
+        "--websocket-max-message-size 16384 --websocket-max-frame-size 16384 chatsite.asgi:application "
+        "(what make run and the Dockerfile run)."
+    )

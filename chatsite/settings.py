@@ -37,6 +37,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, answered before anything reads the Host header or the session
+    # (probes come by IP): chat/health.py.
+    "chat.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "chat.middleware.SecureSessionCookieMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -138,8 +141,8 @@ SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # Health checks probe the process over plain HTTP from inside its network
-# (the compose healthcheck, orchestrators): answer them, don't redirect.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# (the compose healthcheck, orchestrators): /healthz is answered before the
+# redirect (chat.health.HealthCheckMiddleware, first in MIDDLEWARE).
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 24 * 3600)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)

@@ -30,6 +30,10 @@ from django.db import connection
 from chatsite.server import DAPHNE_LIMIT_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
+# How `make run` and the Dockerfile start the server.
+CHAT_SERVER = (sys.executable, "-m", "chatsite.server")
+# daphne's own command line, as the Channels docs start it.
+PLAIN_DAPHNE = (sys.executable, str(Path(sys.executable).parent / "daphne"))
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 # What deploy/nginx.conf says for docker-compose.yml, replaced for a test.
@@ -108,16 +112,20 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 class Server:
-    """One daphne process on a free port (or a given one, to restart in place)."""
+    """One daphne process on a free port (or a given one, to restart in place).
 
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None, args: Sequence[str] = ()) -> None:
+    ``program`` is ``python -m chatsite.server`` unless a test says otherwise.
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None, args: Sequence[str] = (),
+                 program: Sequence[str] = CHAT_SERVER) -> None:
         self.port = port or free_port()
         # A file, not a pipe: an unread pipe fills up and blocks the server.
         self.log_path = log
         self.log = log.open("ab")
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(self.port),
+            [*program, "-b", "127.0.0.1", "-p", str(self.port),
              *DAPHNE_LIMIT_ARGS, *args, "chatsite.asgi:application"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )

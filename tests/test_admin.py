@@ -4,12 +4,16 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from channels.db import database_sync_to_async
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import User
 from django.utils import timezone
 
 from chat import services
 from chat.identity import Identity
 from chat.models import Message, VisitorSettings
+from tests.conftest import make_session
+from tests.tabs import open_tab
 
 pytestmark = pytest.mark.django_db
 
@@ -107,6 +111,63 @@ def test_edit_name_normalizes_and_saves(staff_client, row):
     )
     assert response.status_code == 302
     assert VisitorSettings.objects.get(pk=row.pk).username == "Ada King"
+
+
+def test_add_a_settings_row(staff_client):
+    sid = uuid.uuid4()
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/add/", {"session_id": str(sid), "username": "  Ada   King  ", "_save": "Save"}
+    )
+    # As Django's admin answers an add: back to the list, with the row saved, normalized.
+    assert (response.status_code, response["Location"]) == (302, "/admin/chat/visitorsettings/")
+    row = VisitorSettings.objects.get()
+    assert (row.session_id, row.username) == (sid, "Ada King")
+    listing = staff_client.get(response["Location"]).content.decode()
+    assert "was added successfully" in listing and "Ada King" in listing
+    # The admin's history names what was added.
+    assert LogEntry.objects.get().get_change_message() == "Added."
+    assert LogEntry.objects.get().object_id == str(row.pk)
+
+
+def test_add_then_continue_editing_opens_the_new_row(staff_client):
+    sid = uuid.uuid4()
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/add/", {"session_id": str(sid), "username": "Ada", "_continue": "1"}
+    )
+    row = VisitorSettings.objects.get(session_id=sid)
+    assert (response.status_code, response["Location"]) == (302, f"/admin/chat/visitorsettings/{row.pk}/change/")
+
+
+@pytest.mark.django_db(transaction=True)  # the events leave at commit
+async def test_an_added_then_edited_row_reaches_the_browsers_open_tab(staff_client):
+    session = await database_sync_to_async(make_session)()
+    tab = await open_tab(session.session_key)
+    post = database_sync_to_async(staff_client.post)
+
+    await post("/admin/chat/visitorsettings/add/", {"session_id": session["session_id"], "username": "Added by staff"})
+    assert await tab.recv_type("identity") == {"type": "identity", "username": "Added by staff"}
+
+    row = await database_sync_to_async(VisitorSettings.objects.get)(session_id=session["session_id"])
+    await post(f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": "Edited by staff"})
+    assert await tab.recv_type("identity") == {"type": "identity", "username": "Edited by staff"}
+    await tab.close()
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 33, "evil\u202eeman"])
+def test_add_with_an_invalid_name_is_refused_and_nothing_is_written(staff_client, bad):
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/add/", {"session_id": str(uuid.uuid4()), "username": bad}
+    )
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    assert not VisitorSettings.objects.exists()
+
+
+def test_add_for_a_browser_that_has_a_row_is_refused(staff_client, row):
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/add/", {"session_id": str(row.session_id), "username": "Planted"}
+    )
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    assert list(VisitorSettings.objects.values_list("username", flat=True)) == ["Ada"]
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 33, "evil\u202eeman"])

@@ -9,6 +9,7 @@ states land in ``artifacts/screenshots/``.
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -150,6 +151,29 @@ def test_a_name_typed_in_one_tab_shows_in_the_other_within_a_second(new_browser)
     expect(people(two)).to_have_text(["Ada Lovelace2 tabs"])
     expect(one.locator("#name-state")).to_have_text("saved")
     screenshot(two, "two-tabs-renamed")
+
+
+def test_a_name_saved_with_enter_is_on_the_message_sent_right_after(new_browser):
+    page = open_room(new_browser())
+    name_field(page).fill("Ada")
+    name_field(page).press("Enter")
+    say(page, "right after the rename")  # well within the typing debounce
+    expect(page.get_by_test_id("message")).to_have_count(1)
+    assert shown(page) == [("Ada", "right after the rename")]
+    expect(page.locator("#name-state")).to_have_text("saved")
+
+    page.reload()
+    expect(status(page)).to_have_text("connected")
+    expect(name_field(page)).to_have_value("Ada")
+    assert shown(page) == [("Ada", "right after the rename")]
+
+
+def test_a_name_is_saved_when_the_field_loses_focus(new_browser):
+    page = open_room(new_browser())
+    name_field(page).fill("Grace")
+    name_field(page).blur()
+    page.reload()  # at once: the typing debounce would not have fired yet
+    expect(name_field(page)).to_have_value("Grace")
 
 
 # 3. Two browsers -------------------------------------------------------------------
@@ -435,6 +459,22 @@ def test_a_read_refused_by_the_rate_limit_is_asked_again_after_the_wait(one_read
     assert [t for _, t in shown(page)] == texts
     assert refused  # it was refused, and asked again
     expect(page.locator("#older")).to_be_hidden()
+
+
+# Accessible --------------------------------------------------------------------------
+
+
+def test_the_message_list_is_a_live_log_and_a_refused_message_says_why_in_words(new_browser):
+    page = open_room(new_browser())
+    # A screen reader announces what is added to the conversation.
+    expect(page.get_by_role("log")).to_have_attribute("data-testid", "messages")
+
+    say(page, "pasted from a terminal \u0007")  # a control character: the server refuses it
+    refused = page.get_by_test_id("message-pending")
+    expect(refused).to_contain_text(re.compile(r"not sent: .*control character"))
+    expect(refused.get_by_text("not sent:")).to_be_visible()
+    expect(page.get_by_role("log").get_by_text("not sent:")).to_have_count(1)
+    screenshot(page, "message-not-sent")
 
 
 # Pleasant on a phone -------------------------------------------------------------------

@@ -310,6 +310,18 @@ async def test_name_survives_a_new_connection():
     await again.close()
 
 
+async def test_a_chat_sent_right_after_a_rename_carries_the_new_name():
+    # The two frames back to back, as the page sends them when the visitor
+    # presses Enter in the name field and sends at once: the tab must not
+    # wait for its own rename to come back through the channel layer.
+    for n in range(5):
+        tab = await open_tab(await new_browser())
+        await tab.send({"type": "rename", "username": f"  Ada  {n} "})
+        await tab.send({"type": "chat", "text": "right after", "client_id": "c1"})
+        assert (await tab.recv_type("chat"))["username"] == f"Ada {n}"
+        await tab.close()
+
+
 # --- presence ------------------------------------------------------------------------
 
 

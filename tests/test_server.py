@@ -26,9 +26,33 @@ from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
 from chatsite.server import MAX_CLIENT_MESSAGE_BYTES, ChatWebSocketProtocol, queued_bytes
-from tests.servers import People, Server, closed_with, drain, manage, recv, until_people
+from tests.servers import PLAIN_DAPHNE, People, Server, closed_with, drain, manage, recv, until_people
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+
+
+# --- Started without chatsite.server -------------------------------------------------
+
+
+def startup_warnings(server: Server) -> list[str]:
+    """The WARNING lines the server logged about how it was started (before it answered /healthz)."""
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if " WARNING " in line and "chatsite.server" in line]
+
+
+def test_plain_daphne_warns_once_at_startup_naming_the_right_command(server_env, tmp_path):
+    plain = Server(server_env, tmp_path / "plain.log", program=PLAIN_DAPHNE)
+    try:
+        warnings = startup_warnings(plain)
+    finally:
+        plain.stop()
+    assert len(warnings) == 1, warnings
+    for what in ("1009", "1007", "16 KiB", "CHAT_SEND_BUFFER_LIMIT", "python -m chatsite.server", "make run"):
+        assert what in warnings[0], what
+
+
+def test_chatsite_server_starts_without_that_warning(server):
+    assert startup_warnings(server) == []
 
 
 async def test_oversize_frame_closes_with_1009(server):

@@ -1,10 +1,15 @@
 """HTTP: redirects, the room page's first render, cookies, sessions, health."""
 
 import json
+import logging
+import re
 import uuid
 
 import pytest
+from channels.db import database_sync_to_async
+from channels.testing import HttpCommunicator
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.test import Client
 
 from chat import services
@@ -133,6 +138,12 @@ def test_first_render_holds_the_name_and_newest_50_oldest_first(client):
     assert "message 9 " not in html
 
 
+def test_the_message_list_is_a_live_log(client):
+    html = client.get("/chat/lobby/").content.decode()
+    (tag,) = re.findall(r'<ol [^>]*data-testid="messages"[^>]*>', html)
+    assert 'role="log"' in tag
+
+
 HOSTILE_NAME = '"><script>alert(1)</script>'
 HOSTILE_TEXTS = [
     "<script>alert(1)</script>",
@@ -197,3 +208,51 @@ def test_healthz_reports_a_broken_channel_layer(client, settings):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert json.loads(response.content) == {"status": "error", "database": "ok", "channel_layer": "error"}
+
+
+# Probes come by IP (the compose healthcheck asks for 127.0.0.1:8000, an
+# orchestrator for the pod's address), whatever ALLOWED_HOSTS names.
+PROBE_HOSTS = ["127.0.0.1:8000", "10.42.0.7", "10.42.0.7:8000", "[fd00::7]:8000", "chat.example.com"]
+
+
+def assert_healthy_and_quiet(response, caplog) -> None:
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+    assert "sessionid" not in response.cookies
+    assert not Session.objects.exists()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.fixture
+def production_hosts(settings) -> None:
+    """The README's production example: one public host name, HTTPS enforced."""
+    settings.ALLOWED_HOSTS = ["chat.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("host", PROBE_HOSTS)
+def test_healthz_answers_whatever_the_host_and_logs_nothing(client, production_hosts, caplog, host):
+    with caplog.at_level(logging.DEBUG):
+        response = client.get("/healthz", HTTP_HOST=host)
+    assert_healthy_and_quiet(response, caplog)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_healthz_answers_whatever_the_host_through_the_asgi_application(production_hosts, caplog):
+    from chatsite.asgi import application
+
+    probe = HttpCommunicator(application, "GET", "/healthz", headers=[(b"host", b"10.42.0.7:8000")])
+    with caplog.at_level(logging.DEBUG):
+        response = await probe.get_response(timeout=5)
+    assert response["status"] == 200
+    assert json.loads(response["body"]) == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+    assert not any(name.lower() == b"set-cookie" for name, _ in response["headers"])
+    assert not await database_sync_to_async(Session.objects.exists)()  # closes its connection after
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("path", ["/", "/chat/lobby/", "/admin/", "/admin/login/", "/healthz/", "/healthzz", "/healthz/x"])
+def test_every_other_path_still_refuses_a_host_not_allowed(client, production_hosts, path):
+    assert client.get(path, HTTP_HOST="10.42.0.7:8000", secure=True).status_code == 400
+    assert client.get(path, HTTP_HOST="chat.example.com", secure=True).status_code != 400

@@ -110,12 +110,13 @@ const render = {
     state.authorId = frame.author_id;
     setStatus("connected");
     applyName(frame.username, { saved: false });
+    // A name typed while offline goes before the messages typed after it.
+    if (state.wantedName !== null && state.wantedName !== state.username) sendName();
     // A message sent before the socket dropped may be among those missed:
     // catch up first, then re-send what is still unacknowledged, so each
     // message arrives once.
     if (frame.last_id !== null && frame.last_id > state.lastId) request("resume", { after: state.lastId });
     else resendPending();
-    if (state.wantedName !== null && state.wantedName !== state.username) sendName();
   },
   chat(frame) {
     const stick = nearBottom() || state.pending.has(frame.client_id);
@@ -186,7 +187,13 @@ const render = {
     if (item) {
       state.pending.delete(item);
       const li = els.messages.querySelector(`[data-client-id="${CSS.escape(item)}"]`);
-      if (li) { li.classList.add("failed"); li.title = frame.message; }
+      if (li) {
+        // Said in words, not only by the red border: read out by the live log too.
+        li.classList.add("failed");
+        const why = li.appendChild(document.createElement("span"));
+        why.className = "failure";
+        why.textContent = `not sent: ${frame.message}`;
+      }
     }
     console.warn("chat: server refused a frame:", frame.code, frame.message);
   },
@@ -314,6 +321,7 @@ function sendMessage(text) {
   body.textContent = text;
   els.messages.appendChild(li);
   scrollToBottom();
+  saveNameNow();  // a rename typed just before goes first: the message carries the new name
   send({ type: "chat", text, client_id: clientId });  // if closed, sent on the next welcome
 }
 
@@ -352,8 +360,19 @@ function sendName() {
   }
 }
 
+// Send the name still waiting for the visitor to stop typing, now (on Enter,
+// on leaving the field, before a chat frame). If the socket is closed, the
+// next welcome sends it.
+function saveNameNow() {
+  if (state.nameTimer === null) return;
+  clearTimeout(state.nameTimer);
+  state.nameTimer = null;
+  sendName();
+}
+
 els.name.addEventListener("input", () => {
   clearTimeout(state.nameTimer);
+  state.nameTimer = null;
   const wanted = els.name.value.trim();
   els.nameState.textContent = "";
   if (!wanted || wanted === state.username) {
@@ -361,11 +380,22 @@ els.name.addEventListener("input", () => {
     return;
   }
   state.wantedName = wanted;
-  state.nameTimer = setTimeout(sendName, 300);  // save as the visitor types
+  state.nameTimer = setTimeout(() => {  // save as the visitor types
+    state.nameTimer = null;
+    sendName();
+  }, 300);
+});
+
+els.name.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.isComposing) {
+    event.preventDefault();
+    saveNameNow();
+  }
 });
 
 els.name.addEventListener("blur", () => {
   if (!els.name.value.trim()) els.name.value = state.username;
+  saveNameNow();
 });
 
 // --- Older messages ---------------------------------------------------------------
