@@ -23,10 +23,11 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from chat import events, protocol, selectors, services
-from chat.fanout import SERVER_SEND, get_hub
+from chat.fanout import get_hub
 from chat.identity import Identity
 from chat.ratelimit import TokenBucket, get_rate_limiter, limit
 from chat.realtime.presence_store import get_presence
+from chat.sessions import session_key
 from chat.writer import get_writer
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.frame_budget = TokenBucket(limit("frame"), time.monotonic())
         self.hub = get_hub()
         self.writer = get_writer()
-        # daphne's own send, for room broadcasts (ServerSendMiddleware).
-        self.server_send = self.scope.get(SERVER_SEND, self.base_send)
-        user = self.scope.get("user")
         try:
-            identity = await database_sync_to_async(services.resolve_identity)(
-                session=self.scope["session"], verified=bool(user and user.is_authenticated)
+            # One trip to the database thread: the session, its user, the
+            # browser's settings and the room's newest message id.
+            found = await database_sync_to_async(services.resolve_socket)(
+                session_key=session_key(self.scope), room=self.room
             )
         except UNAVAILABLE as exc:
             logger.warning("connect refused room=%s: storage unavailable (%s)", self.room, exc.__class__.__name__)
@@ -93,19 +93,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         await self.accept()
-        if identity is None:
+        if found is None:
             logger.info("connect closed room=%s: no valid session", self.room)
             await self.close(code=protocol.CLOSE_NO_SESSION)
             return
+        identity, stored_last_id = found
         self.identity = identity
         self.early = []
         try:
-            # Listen first, then read the newest id: a message committed in
-            # between is then either under `last_id` (so `resume` finds it)
-            # or delivered live (held until the welcome is out), never lost.
             await self.hub.join(self.room, self, author=identity.author_id)
-            last_id = await database_sync_to_async(selectors.last_message_id)(room=self.room)
-            self.hub.start_from(self.room, last_id)
+            # The welcome's last_id: messages up to it are the client's to
+            # `resume`, every later one reaches this socket live (chat.fanout).
+            last_id = self.hub.start_from(self.room, stored_last_id)
             people = await self.presence.enter(
                 room=self.room, socket_id=self.socket_id, author_id=identity.author_id,
                 username=identity.username, verified=identity.verified,
@@ -254,7 +253,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.early.append((frame, message_id))
         elif message_id is None or message_id > self.live_after:
             try:
-                await self.server_send({"type": "websocket.send", "text": frame})
+                await self.base_send({"type": "websocket.send", "text": frame})
             except Disconnected:
                 pass  # closed meanwhile: see send()
 

@@ -41,9 +41,11 @@ def room_group(room: str) -> str:
     return f"chat.room.{room}"
 
 
-def author_group(author_id: str) -> str:
-    """Return the channel-layer group of every open tab of one browser."""
-    return f"chat.author.{author_id}"
+# Every server process's hub is in this group: a browser's events (a rename)
+# go to all processes, and each hands them to the tabs of that browser it
+# holds. Renames are rare, so this costs less than a group per browser, which
+# cost each new browser a subscribe on connect and an unsubscribe on close.
+IDENTITY_GROUP = "chat.identities"
 
 
 def room_frame(room: str, frame: str) -> Event:

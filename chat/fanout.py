@@ -128,17 +128,11 @@ class RoomHub:
         """
         async with self._membership:
             if self._channel is None:
-                self._channel = await self.layer.new_channel()
-            added: list[str] = []
-            try:
-                if room not in self.feeds:
-                    await self.layer.group_add(events.room_group(room), self._channel)
-                    added.append(events.room_group(room))
-                if author is not None and author not in self.authors:
-                    await self.layer.group_add(events.author_group(author), self._channel)
-            except Exception:
-                await self._discard(added, self._channel)
-                raise
+                channel = await self.layer.new_channel()
+                await self.layer.group_add(events.IDENTITY_GROUP, channel)
+                self._channel = channel
+            if room not in self.feeds:
+                await self.layer.group_add(events.room_group(room), self._channel)
             if room not in self.feeds:
                 self.feeds[room] = Feed(PresenceFeed(room))
             self.feeds[room].members.add(member)
@@ -153,18 +147,25 @@ class RoomHub:
             if self._presence is None or self._presence.done():
                 self._presence = asyncio.create_task(self._send_presence())
 
-    def start_from(self, room: str, last_id: int | None) -> None:
-        """Note the room's newest message id as read when a socket joined.
+    def start_from(self, room: str, stored_last_id: int | None) -> int | None:
+        """Return the newest message id a socket that has just joined ``room`` is not sent live.
 
-        The first socket of a room gives the hub its starting point; messages
-        up to it are the joining socket's to ``resume``, not the hub's.
+        A room the hub already serves answers with the newest message it has
+        delivered: every later one reaches the new socket live, and the ones
+        up to it are the socket's to ``resume``. For a room new to the hub,
+        ``stored_last_id`` (read before the hub joined the room's group)
+        becomes its starting point, and the hub reads once what was stored
+        meanwhile, so a message committed between that read and the
+        subscription is delivered too.
         """
-        feed = self.feeds.get(room)
-        if feed is not None and feed.last_id is None:
-            feed.last_id = last_id or 0
+        feed = self.feeds[room]
+        if feed.last_id is None:
+            feed.last_id = stored_last_id or 0
+            self._schedule_repair(room, feed, delay=0, always=True)
+        return feed.last_id or None
 
     async def leave(self, room: str, member: Member, *, author: str | None = None) -> None:
-        """Stop delivering to ``member``; the last one out of a room or browser leaves its group.
+        """Stop delivering to ``member``; the last one out of a room leaves its group.
 
         The hub's own records change first, so a channel layer that is down
         (the unsubscribes fail, and are only logged) leaves nothing behind here.
@@ -182,12 +183,13 @@ class RoomHub:
                 self.authors[author].discard(member)
                 if not self.authors[author]:
                     del self.authors[author]
-                    groups.append(events.author_group(author))
             if not feed.members:
                 del self.feeds[room]
                 if feed.repair is not None:
                     feed.repair.cancel()
                 groups.append(events.room_group(room))
+            if not self.feeds:
+                groups.append(events.IDENTITY_GROUP)
             await self._discard(groups, channel)
             if not self.feeds:
                 # A cancelled receive ends the channel (the pub/sub layer
@@ -386,7 +388,7 @@ class RoomHub:
     async def _recovered(self) -> None:
         # A layer that keeps groups in Redis (the core layer) lost them in a
         # restart; joining again is harmless for the pub/sub layer.
-        groups = [events.room_group(room) for room in self.feeds] + [events.author_group(a) for a in self.authors]
+        groups = [events.room_group(room) for room in self.feeds] + [events.IDENTITY_GROUP]
         for group in groups:
             try:
                 assert self._channel is not None
@@ -465,27 +467,6 @@ class RoomHub:
                             await member.deliver_presence(frame)  # type: ignore[attr-defined]
                         except Exception:
                             logger.exception("presence delivery failed room=%s", room)
-
-
-# The scope key under which ServerSendMiddleware keeps the server's own send.
-SERVER_SEND = "chat.server_send"
-
-
-class ServerSendMiddleware:
-    """ASGI middleware: keep the server's own ``send`` in ``scope`` for room deliveries.
-
-    Channels' session middleware wraps ``send`` to save the session along with
-    an HTTP response. A websocket frame passes through it unchanged, but each
-    one still pays for two lazy session lookups: a fifth of the server's time
-    when a room of 1,000 is busy (docs/performance.md). The consumer sends room
-    broadcasts with this ``send`` instead; everything else goes the usual way.
-    """
-
-    def __init__(self, application: Any) -> None:
-        self.application = application
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        return await self.application({**scope, SERVER_SEND: send}, receive, send)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub]" = weakref.WeakKeyDictionary()

@@ -8,6 +8,9 @@ hash, so neither reveals the session key or the ``session_id``.
 import uuid
 from dataclasses import dataclass
 
+from types import SimpleNamespace
+
+from django.contrib import auth
 from django.contrib.sessions.backends.base import SessionBase
 from django.utils.crypto import salted_hmac
 
@@ -40,6 +43,18 @@ def ensure_session_id(session: SessionBase) -> uuid.UUID:
         session_id = uuid.uuid4()
         session[SESSION_ID_KEY] = str(session_id)
     return session_id
+
+
+def signed_in(session: SessionBase) -> bool:
+    """Whether a signed-in Django user owns the session, by Django's own checks.
+
+    ``auth.get_user`` checks the backend and the session's auth hash (a
+    changed password signs the session out), as a page view does. A guest's
+    session has no user id: no query.
+    """
+    if auth.SESSION_KEY not in session:
+        return False
+    return bool(auth.get_user(SimpleNamespace(session=session)).is_authenticated)  # type: ignore[arg-type]
 
 
 def author_id_for(session_id: uuid.UUID) -> str:

@@ -1,6 +1,12 @@
 """Reads: the messages of a room and the settings of a browser."""
 
-from chat.models import Message
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+
+from chat.models import Message, VisitorSettings
 
 PAGE_SIZE = 50
 
@@ -35,3 +41,37 @@ def last_message_id(*, room: str) -> int | None:
     return (
         Message.objects.filter(room_id=room).order_by("-id").values_list("id", flat=True).first()
     )
+
+
+@dataclass(frozen=True)
+class SocketFacts:
+    """What a connecting socket reads: its browser's chosen name and the room's newest message id."""
+
+    username: str | None  # None: the browser has no settings row (it shows its guest name)
+    read_before: bool  # the row was last read before the moment asked about
+    last_id: int | None
+
+
+def socket_facts(*, session_id: uuid.UUID, room: str, read_since: datetime) -> SocketFacts:
+    """Return a browser's settings and ``room``'s newest message id, in one query.
+
+    A connect reads both; the ORM has no query that returns the newest id
+    whether or not the settings row exists, so this is one small SQL
+    statement (the room's newest id comes from the ``(room, id)`` index).
+    """
+    settings_table = VisitorSettings._meta.db_table
+    messages_table = Message._meta.db_table
+    session_field = VisitorSettings._meta.get_field("session_id")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT s.username, CASE WHEN s.read_at < %s THEN 1 ELSE 0 END,"  # noqa: S608 - table names only
+            f" (SELECT MAX(m.id) FROM {messages_table} m WHERE m.room = %s)"
+            f" FROM (SELECT 1 AS one) AS one LEFT JOIN {settings_table} s ON s.session_id = %s",
+            [
+                connection.ops.adapt_datetimefield_value(read_since),
+                room,
+                session_field.get_db_prep_value(session_id, connection),
+            ],
+        )
+        username, read_before, last_id = cursor.fetchone()
+    return SocketFacts(username, bool(read_before), last_id)

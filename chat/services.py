@@ -8,6 +8,7 @@ consumer, the views, the admin and the management command all call these.
 
 import uuid
 from dataclasses import dataclass
+from importlib import import_module
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from chat import events, protocol, selectors, validators
-from chat.identity import Identity, author_id_for, get_session_id, guest_name_for
+from chat.identity import Identity, author_id_for, get_session_id, guest_name_for, signed_in
 from chat.models import Message, Room, VisitorSettings
 
 # read_at only has to be good to the day for the stale-settings purge, so a
@@ -44,10 +45,31 @@ def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None
     return Identity(session_id, author_id, row.username, verified)
 
 
+def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int | None] | None:
+    """Return a connecting socket's identity and ``room``'s newest message id; None without a valid session.
+
+    Two queries for a guest (the session; the settings with the newest id),
+    one more for a signed-in user, and the once-a-day ``read_at`` update.
+    """
+    if not session_key:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    session_id = get_session_id(session)
+    if session_id is None:
+        return None
+    author_id = author_id_for(session_id)
+    now = timezone.now()
+    facts = selectors.socket_facts(session_id=session_id, room=room, read_since=now - READ_AT_RESOLUTION)
+    if facts.read_before:
+        VisitorSettings.objects.filter(session_id=session_id).update(read_at=now)
+    identity = Identity(session_id, author_id, facts.username or guest_name_for(author_id), signed_in(session))
+    return identity, facts.last_id
+
+
 def _announce_name(*, session_id: uuid.UUID, old: str, username: str) -> None:
     author_id = author_id_for(session_id)
     events.send_event_on_commit(
-        events.author_group(author_id),
+        events.IDENTITY_GROUP,
         {
             "type": "identity.changed",
             "author_id": author_id,

@@ -11,11 +11,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from chat.fanout import ServerSendMiddleware  # noqa: E402
 from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
@@ -26,11 +24,11 @@ application = ProtocolTypeRouter(
         "http": ASGIStaticFilesHandler(django_asgi_app),
         # Cookies ride along with any page's handshake: only the site's own
         # origin may open a socket (cross-site websocket hijacking).
-        # ServerSendMiddleware: room broadcasts skip the session middleware's
-        # send wrapper (chat.fanout).
-        "websocket": ServerSendMiddleware(
-            SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
-        ),
+        # No session or auth middleware: the consumer reads the session key
+        # from the cookie and resolves the session, its user and the
+        # browser's settings in one trip to the database thread
+        # (services.resolve_socket), and its sends go straight to daphne.
+        "websocket": SameOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )
 

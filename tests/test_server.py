@@ -185,17 +185,17 @@ async def _hundreds_closing(server: Server, server_env: dict[str, str]) -> None:
     welcomes = await asyncio.gather(*(recv(ws, "welcome", timeout=30) for ws in sockets))
     client = redis.Redis.from_url(settings.REDIS_URL)
     prefix = server_env["CHANNEL_LAYER_PREFIX"]
-    groups = [f"chat.author.{welcomes[0]['author_id']}", f"chat.room.{room}"]
+    assert len({welcome["author_id"] for welcome in welcomes}) == 1
+    groups = ["chat.identities", f"chat.room.{room}"]
 
     def members(group: str) -> int:
         if settings.REDIS_CHANNEL_LAYER == "pubsub":  # one subscription per process
             return client.pubsub_numsub(f"{prefix}__group__{group}")[0][1]
         return client.zcard(f"{prefix}:group:{group}")
 
-    # Each tab is in its browser's group; the room's group holds one channel
-    # per server process (chat.fanout), whatever the number of tabs.
-    expected = (1, 1) if settings.REDIS_CHANNEL_LAYER == "pubsub" else (300, 1)
-    assert tuple(members(group) for group in groups) == expected
+    # The identities group and the room's group each hold one channel per
+    # server process (its hub, chat.fanout), whatever the number of tabs.
+    assert tuple(members(group) for group in groups) == (1, 1)
     await asyncio.gather(*(ws.close() for ws in sockets))
     tabs_key = f"{server_env['CHAT_REDIS_PREFIX']}:presence:{room}:tabs"
 
