@@ -10,12 +10,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.exceptions import ValidationError
 
 from chat import validators
-from chat.models import Message
 from chat.realtime.people import PeopleDiff, Person
 
 HISTORY_DEFAULT_LIMIT = 50
@@ -191,7 +190,20 @@ def format_ts(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_data(message: Message) -> dict[str, Any]:
+class StoredMessage(Protocol):
+    """What a ``chat`` frame shows of a stored message (a ``chat.models.Message``)."""
+
+    pk: Any
+    room_id: str
+    author_id: str
+    username: str
+    verified: bool
+    text: str
+    created_at: datetime
+    client_id: str | None
+
+
+def message_data(message: StoredMessage) -> dict[str, Any]:
     """Return the ``chat`` frame of a stored message, as a dict."""
     return {
         "type": "chat",
@@ -206,11 +218,11 @@ def message_data(message: Message) -> dict[str, Any]:
     }
 
 
-def chat_frame(message: Message) -> str:
+def chat_frame(message: StoredMessage) -> str:
     return _encode(message_data(message))
 
 
-def history_frame(messages: Iterable[Message], *, has_more: bool) -> str:
+def history_frame(messages: Iterable[StoredMessage], *, has_more: bool) -> str:
     return _encode(
         {"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more}
     )

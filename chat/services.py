@@ -2,7 +2,7 @@
 
 Every service validates with ``chat.validators`` before it writes, uses the
 database's own guarantees (unique constraints, upserts, row locks) instead of
-read-then-write, and queues its events with ``send_event_on_commit``. The
+read-then-write, and queues its events with ``gateway.send_on_commit``. The
 consumer, the views, the admin and the management command all call these.
 """
 
@@ -17,9 +17,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chat import events, protocol, selectors, validators
+from chat import protocol, selectors, validators
 from chat.identity import Identity, author_id_for, get_session_id, guest_name_for, signed_in
 from chat.models import Message, Room, VisitorSettings
+from chat.realtime import gateway
+from chat.realtime.events import MessageStored, VisitorRenamed
 
 # read_at only has to be good to the day for the stale-settings purge, so a
 # connect writes it at most once a day rather than on every connect.
@@ -67,16 +69,8 @@ def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int
 
 
 def _announce_name(*, session_id: uuid.UUID, old: str, username: str) -> None:
-    author_id = author_id_for(session_id)
-    events.send_event_on_commit(
-        events.IDENTITY_GROUP,
-        {
-            "type": "identity.changed",
-            "author_id": author_id,
-            "change_id": uuid.uuid4().hex,
-            "old": old,
-            "username": username,
-        },
+    gateway.send_on_commit(
+        VisitorRenamed(author_id=author_id_for(session_id), change_id=uuid.uuid4().hex, old=old, username=username)
     )
 
 
@@ -251,14 +245,13 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
         if new:
             Message.objects.bulk_create(new)  # ids drawn in list order
         for message in new:
-            events.send_event_on_commit(
-                events.room_group(message.room_id),
-                events.room_message(
-                    message.room_id,
+            gateway.send_on_commit(
+                MessageStored(
+                    room=message.room_id,
                     message_id=message.pk,
                     prev_id=prev_ids[message.room_id],
                     frame=protocol.chat_frame(message),
-                ),
+                )
             )
             prev_ids[message.room_id] = message.pk
     return [
