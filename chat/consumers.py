@@ -10,6 +10,7 @@ its own and no handler per event.
 """
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -90,13 +91,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             opened = await self.hub.open(self.tab, stored_last_id=stored_last_id)
         except UNAVAILABLE as exc:
-            logger.warning("connect closed room=%s: storage or channel layer unavailable (%s)",
-                           self.room, exc.__class__.__name__)
+            logger.warning(
+                "connect closed room=%s: storage or channel layer unavailable (%s)", self.room, exc.__class__.__name__
+            )
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         if not opened:
-            logger.info("connect closed room=%s author=%s: over %s sockets",
-                        self.room, identity.author_id, settings.CHAT_MAX_SOCKETS_PER_IDENTITY)
+            logger.info(
+                "connect closed room=%s author=%s: over %s sockets",
+                self.room,
+                identity.author_id,
+                settings.CHAT_MAX_SOCKETS_PER_IDENTITY,
+            )
             self.tab = None  # nothing of it is kept to clean up
             await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
             return
@@ -145,9 +151,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not await self.within_rate(action="chat", client_id=frame.client_id):
             return
         try:
-            posted = await self.writer.post(
-                services.Post(self.tab.identity, self.room, frame.text, frame.client_id)
-            )
+            posted = await self.writer.post(services.Post(self.tab.identity, self.room, frame.text, frame.client_id))
         except UNAVAILABLE:
             await self.send_unavailable(client_id=frame.client_id)
             return
@@ -206,10 +210,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         out. daphne then raises ``Disconnected``, which would end the
         consumer before ``disconnect`` runs and leave it in the hub.
         """
-        try:
+        with contextlib.suppress(Disconnected):
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
-        except Disconnected:
-            pass
 
     async def within_rate(self, *, action: str, client_id: str | None) -> bool:
         assert self.tab is not None
@@ -232,8 +234,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return True
         if not self.over_frame_budget:
             self.over_frame_budget = True
-            logger.info("frame rejected room=%s code=rate_limited action=frame retry_after=%s "
-                        "(further refusals of this flood are not logged)", self.room, retry_after)
+            logger.info(
+                "frame rejected room=%s code=rate_limited action=frame retry_after=%s "
+                "(further refusals of this flood are not logged)",
+                self.room,
+                retry_after,
+            )
         await self.send_rate_limited(client_id=client_id, retry_after=retry_after)
         return False
 
@@ -252,6 +258,4 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_error(
         self, code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None
     ) -> None:
-        await self.send(
-            text_data=protocol.error_frame(code, message, client_id=client_id, retry_after=retry_after)
-        )
+        await self.send(text_data=protocol.error_frame(code, message, client_id=client_id, retry_after=retry_after))

@@ -7,7 +7,7 @@ JSON text. See docs/protocol.md.
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -98,9 +98,7 @@ def _message_id(data: dict[str, Any], field: str, *, required: bool, client_id: 
         return None
     # bool is an int in Python; true is not a message id.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise FrameError(
-            "invalid_request", f"'{field}' must be a message id (an integer >= 0).", client_id=client_id
-        )
+        raise FrameError("invalid_request", f"'{field}' must be a message id (an integer >= 0).", client_id=client_id)
     return value
 
 
@@ -149,7 +147,7 @@ def _parse_resume(data: dict[str, Any]) -> Resume:
     return Resume(after=after, client_id=client_id)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], ClientFrame]] = {
     "chat": _parse_chat,
     "rename": _parse_rename,
     "history": _parse_history,
@@ -181,7 +179,7 @@ def parse_frame(text: str) -> ClientFrame:
 # --- Server -> client --------------------------------------------------------
 
 
-def _encode(frame: dict[str, Any]) -> str:
+def _encode(frame: object) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -223,9 +221,7 @@ def chat_frame(message: StoredMessage) -> str:
 
 
 def history_frame(messages: Iterable[StoredMessage], *, has_more: bool) -> str:
-    return _encode(
-        {"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more}
-    )
+    return _encode({"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more})
 
 
 def welcome_frame(*, room: str, username: str, author_id: str, verified: bool, last_id: int | None) -> str:
@@ -250,8 +246,12 @@ def renamed_frame(*, author_id: str, old: str, username: str) -> str:
 
 
 def _person(person: Person) -> dict[str, Any]:
-    return {"author_id": person.author_id, "username": person.username, "verified": person.verified,
-            "tabs": person.tabs}
+    return {
+        "author_id": person.author_id,
+        "username": person.username,
+        "verified": person.verified,
+        "tabs": person.tabs,
+    }
 
 
 def encode_people(people: Iterable[Person]) -> str:
@@ -280,9 +280,7 @@ def pong_frame() -> str:
     return _encode({"type": "pong"})
 
 
-def error_frame(
-    code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None
-) -> str:
+def error_frame(code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None) -> str:
     assert code in ERROR_CODES, code
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_id is not None:

@@ -8,8 +8,8 @@ consumer, the views, the admin and the management command all call these.
 
 import uuid
 from dataclasses import dataclass
-from importlib import import_module
 from datetime import timedelta
+from importlib import import_module
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
@@ -34,11 +34,7 @@ def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None
     if session_id is None:
         return None
     author_id = author_id_for(session_id)
-    row = (
-        VisitorSettings.objects.filter(session_id=session_id)
-        .only("username", "read_at")
-        .first()
-    )
+    row = VisitorSettings.objects.filter(session_id=session_id).only("username", "read_at").first()
     if row is None:
         return Identity(session_id, author_id, guest_name_for(author_id), verified)
     now = timezone.now()
@@ -84,11 +80,7 @@ def rename_visitor(*, session_id: uuid.UUID, username: str, previous: str) -> st
     now = timezone.now()
     with transaction.atomic():
         VisitorSettings.objects.bulk_create(
-            [
-                VisitorSettings(
-                    session_id=session_id, username=username, read_at=now, created_at=now, updated_at=now
-                )
-            ],
+            [VisitorSettings(session_id=session_id, username=username, read_at=now, created_at=now, updated_at=now)],
             update_conflicts=True,
             unique_fields=["session_id"],
             update_fields=["username", "read_at", "updated_at"],
@@ -107,9 +99,7 @@ def delete_visitor_settings(*, session_ids: list[uuid.UUID]) -> int:
         )
         VisitorSettings.objects.filter(session_id__in=[sid for sid, _ in rows]).delete()
         for session_id, username in rows:
-            _announce_name(
-                session_id=session_id, old=username, username=guest_name_for(author_id_for(session_id))
-            )
+            _announce_name(session_id=session_id, old=username, username=guest_name_for(author_id_for(session_id)))
     return len(rows)
 
 
@@ -255,7 +245,8 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
             )
             prev_ids[message.room_id] = message.pk
     return [
-        Posted(result, created=True) if isinstance(result, Message)
+        Posted(result, created=True)
+        if isinstance(result, Message)
         else Posted(stored.get(result) or firsts[result], created=False)
         for result in results
     ]

@@ -97,21 +97,27 @@ class RoomHub:
         last_id = feed.stream.start_from(stored_last_id)
         identity = tab.identity
         people = await self.presence.enter(
-            room=tab.room, socket_id=tab.socket_id, author_id=identity.author_id,
-            username=identity.username, verified=identity.verified, known_list=feed.presence.list_version,
+            room=tab.room,
+            socket_id=tab.socket_id,
+            author_id=identity.author_id,
+            username=identity.username,
+            verified=identity.verified,
+            known_list=feed.presence.list_version,
         )
         if people is None:
             await self._leave(tab)
             return False
         if people.listed is None and not feed.presence.has_list(people.list_version):
             people = await self.presence.read(room=tab.room, known_list=-1)  # the feed let that list go
-        await tab.send(protocol.welcome_frame(
-            room=tab.room,
-            username=tab.identity.username,  # a rename may have come meanwhile
-            author_id=identity.author_id,
-            verified=identity.verified,
-            last_id=last_id,
-        ))
+        await tab.send(
+            protocol.welcome_frame(
+                room=tab.room,
+                username=tab.identity.username,  # a rename may have come meanwhile
+                author_id=identity.author_id,
+                verified=identity.verified,
+                last_id=last_id,
+            )
+        )
         await tab.send(feed.presence.snapshot(tab, people, asyncio.get_running_loop().time()))
         await tab.welcomed(last_id)
         return True
@@ -318,13 +324,13 @@ class RoomHub:
     async def _renew_all(self) -> int:
         tabs = [tab for feed in list(self.feeds.values()) for tab in list(feed.tabs)]
         for start in range(0, len(tabs), RENEW_AT_ONCE):
-            await asyncio.gather(*(self._renew(tab) for tab in tabs[start:start + RENEW_AT_ONCE]))
+            await asyncio.gather(*(self._renew(tab) for tab in tabs[start : start + RENEW_AT_ONCE]))
         return len(tabs)
 
     async def _renew(self, tab: Tab) -> None:
         try:
             await asyncio.wait_for(self.renew(tab), PROBE_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("presence renewal timed out")
         except Exception:
             logger.exception("presence renewal failed")
@@ -336,8 +342,11 @@ class RoomHub:
                 return  # its cleanup has begun: renewing would bring it back
             identity = tab.identity
             await self.presence.renew(
-                room=tab.room, socket_id=tab.socket_id, author_id=identity.author_id,
-                username=identity.username, verified=identity.verified,
+                room=tab.room,
+                socket_id=tab.socket_id,
+                author_id=identity.author_id,
+                username=identity.username,
+                verified=identity.verified,
             )
 
     async def _send_presence(self) -> None:

@@ -130,6 +130,6 @@ class MessageStream:
                 logger.info("room hub caught up room=%s: %d missed message(s)", self.room, len(missed))
             # Whatever is still held was deleted meanwhile or is newer: deliver in order.
             for message_id in sorted(self._held):
-                prev_id, frame = self._held.pop(message_id)
+                _prev_id, frame = self._held.pop(message_id)
                 if message_id > self.last_id:
                     await self._deliver(message_id, frame)

@@ -8,6 +8,7 @@ those with ``resume``), so each message reaches the tab once.
 """
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +24,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class Tab:
     """A tab's socket in one room, with its identity and delivery state."""
 
-    __slots__ = ("room", "identity", "socket_id", "early", "live_after", "closing", "renewal", "_send")
+    __slots__ = ("_send", "closing", "early", "identity", "live_after", "renewal", "room", "socket_id")
 
     def __init__(self, room: str, identity: Identity, send: Send) -> None:
         self.room = room
@@ -48,10 +49,8 @@ class Tab:
         out; daphne then raises ``Disconnected``, which must not end the
         delivery to the room's other tabs.
         """
-        try:
+        with contextlib.suppress(Disconnected):
             await self._send({"type": "websocket.send", "text": frame})
-        except Disconnected:
-            pass
 
     async def deliver(self, frame: str, message_id: int | None = None) -> None:
         """Send a room frame, after the welcome; ``message_id`` of a chat frame."""
