@@ -23,7 +23,9 @@ from daphne.cli import CommandLineInterface
 from django.conf import settings
 from websockets.protocol import State
 
-from tests.servers import COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, recv, render_nginx_conf
+from tests.servers import (
+    COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, manage, recv, render_nginx_conf,
+)
 
 # How docker-compose.yml's replicas run (the Dockerfile's command line).
 REPLICA_ARGS = ["--proxy-headers"]
@@ -369,3 +371,25 @@ async def test_admin_login_posts_over_the_limit_get_429(server_env, tmp_path):
         assert other.request("POST", "/admin/login/", headers=form, body=body)[0] == 403
         one.close()
         other.close()
+
+
+@through_nginx
+async def test_a_failed_admin_login_counts_against_the_clients_address_not_a_header(server_env, tmp_path):
+    """nginx replaces X-Forwarded-For with the peer; daphne --proxy-headers and axes (BEHIND_PROXY=1) use it."""
+    with stack(server_env, tmp_path) as (_, _, nginx):
+        client = Client(nginx, OTHER_ADDRESS)
+        status, response, page = client.request("GET", "/admin/login/")
+        assert status == 200
+        csrf_cookie = SimpleCookie(response.headers["Set-Cookie"])["csrftoken"].value
+        token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1).decode()
+        status, _, page = client.request("POST", "/admin/login/", body=f"csrfmiddlewaretoken={token}"
+                                         "&username=admin&password=guess", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf_cookie}",
+            "Referer": f"{nginx.base}/admin/login/", "X-Forwarded-For": "203.0.113.9",
+        })
+        assert status == 200 and b"Please enter the correct username and password" in page
+        client.close()
+        env = {**server_env, "BEHIND_PROXY": "1"}
+        addresses = manage(env, "shell", "-c", "from axes.models import AccessAttempt; "
+                           "print(sorted(a.ip_address for a in AccessAttempt.objects.all()))")
+        assert addresses.strip().splitlines()[-1] == f"['{OTHER_ADDRESS}']"
