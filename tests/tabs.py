@@ -70,6 +70,16 @@ class Tab:
     async def silent(self) -> bool:
         return await self.comm.receive_nothing(timeout=0.3)
 
+    async def only_presence(self, seconds: float = 0.5) -> bool:
+        """True if nothing but presence frames (which come on their own) arrives within ``seconds``."""
+        kinds: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            if not await self.comm.receive_nothing(timeout=min(left, 0.1)):
+                kinds.append((await self.recv())["type"])
+        return set(kinds) <= {"presence", "presence_diff"}
+
     async def quiet(self) -> None:
         """Drain pending frames."""
         while not await self.comm.receive_nothing(timeout=0.2):
