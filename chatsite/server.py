@@ -44,6 +44,8 @@ from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 from twisted.internet import tcp
 
+from chat.realtime.tab import PREPARED
+
 logger = logging.getLogger("chat.server")
 
 # The largest websocket message (and frame) a client may send: 16 KiB, the
@@ -160,6 +162,38 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         Before that, the bound on what waits for this client (see
         ``queued_bytes``; django/daphne#170).
         """
+        # autobahn sets it in setProtocolOptions (no annotation to go by).
+        payload_limit: int = self.maxMessagePayloadSize  # type: ignore[has-type]
+
+        def send() -> None:
+            self.maxMessagePayloadSize = 0
+            try:
+                super(ChatWebSocketProtocol, self).sendMessage(*args, **kwargs)
+            finally:
+                self.maxMessagePayloadSize = payload_limit
+
+        self.within_send_bound(send)
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        """Send a room frame prepared once for all its sockets (``chat.realtime.tab.PREPARED``).
+
+        daphne/ws_protocol.py ``WebSocketProtocol.handle_reply`` turns each
+        ``websocket.send`` into ``sendMessage(text.encode("utf8"))``, which
+        encodes the text and builds the frame again for every socket. A room
+        broadcast carries autobahn's ``PreparedMessage`` (its public API for
+        broadcasting, autobahn/websocket/protocol.py ``PreparedMessage`` and
+        ``sendPreparedMessage``): the frame's bytes, built once, written
+        as they are. Any other message, and any socket that negotiated
+        compression, goes daphne's way.
+        """
+        prepared = message.get(PREPARED) if message.get("type") == "websocket.send" else None
+        if prepared is not None and self.state == self.STATE_OPEN and self._perMessageCompress is None:
+            self.within_send_bound(lambda: self.sendPreparedMessage(prepared))
+        else:
+            super().handle_reply(message)
+
+    def within_send_bound(self, send: Any) -> None:
+        """Call ``send`` unless the client has stopped reading (then drop it); keep the last frame's allowance."""
         if self.overflowed:
             return  # aborted; daphne reports the disconnect on the next turn of the loop
         limit = settings.CHAT_SEND_BUFFER_LIMIT
@@ -167,13 +201,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         if limit and queued > limit + self.frame_allowance:
             self.drop_slow_reader(queued, limit)
             return
-        # autobahn sets it in setProtocolOptions (no annotation to go by).
-        payload_limit: int = self.maxMessagePayloadSize  # type: ignore[has-type]
-        self.maxMessagePayloadSize = 0
-        try:
-            super().sendMessage(*args, **kwargs)
-        finally:
-            self.maxMessagePayloadSize = payload_limit
+        send()
         if queued <= limit:
             self.frame_allowance = queued_bytes(self.transport) - queued
 

@@ -65,3 +65,17 @@ def test_a_forgotten_tab_is_sent_nothing():
     feed.forget("t1")
     feed.learn(RoomPeople(2, 2, 2, (ADA, GRACE)))
     assert sent(feed, 2.0) == []
+
+
+def test_a_room_of_thousands_here_is_sent_its_diffs_less_often(monkeypatch):
+    from chat.realtime import presence_feed
+
+    monkeypatch.setattr(presence_feed, "PRESENCE_FRAMES_PER_SECOND", 2)
+    feed = PresenceFeed("lobby")
+    for tab in ("t1", "t2", "t3", "t4"):  # 4 tabs at 2 frames a second: each every 2 s
+        feed.snapshot(tab, RoomPeople(1, 1, 1, (ADA,)), now=0.0)
+    assert feed.interval() == 2.0
+    feed.learn(RoomPeople(2, 2, 1, None))
+    assert sent(feed, 1.5) == []
+    [(tabs, frame)] = sent(feed, 2.0)
+    assert tabs == ["t1", "t2", "t3", "t4"] and frame["count"] == 2

@@ -25,6 +25,7 @@ from django.conf import settings
 from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
+from chat.realtime.tab import PREPARED, prepare
 from chatsite.server import MAX_CLIENT_MESSAGE_BYTES, ChatWebSocketProtocol, queued_bytes
 from tests.servers import PLAIN_DAPHNE, People, Server, closed_with, drain, manage, recv, until_people
 
@@ -366,6 +367,28 @@ def test_once_drained_the_limit_counts_from_the_last_small_frame(settings, monke
     assert not hasattr(kernel, "aborted")
     protocol.sendMessage(b"l" * 10)  # 1020 > 1000 + 10
     assert kernel.aborted
+
+
+def test_a_room_frame_prepared_once_is_written_as_one_unmasked_text_frame(settings):
+    settings.CHAT_SEND_BUFFER_LIMIT = 1000
+    kernel = Kernel(takes=0)
+    kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
+    protocol = ChatWebSocketProtocol()
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, MAX_CLIENT_MESSAGE_BYTES
+    protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
+    protocol.state, protocol._perMessageCompress, protocol.send_queue, protocol.logOctets = (
+        protocol.STATE_OPEN, None, [], False)
+    protocol.trafficStats = type("Stats", (), {"outgoingOctetsWireLevel": 0})()
+    frame = json.dumps({"type": "chat", "text": "ü" * 200})
+    protocol.handle_reply({"type": "websocket.send", "text": frame, PREPARED: prepare(frame)})
+    payload = frame.encode()
+    # RFC 6455 §5.2: FIN + text opcode, no mask, a 16-bit length, the UTF-8 payload.
+    expected = bytes([0x81, 126]) + struct.pack("!H", len(payload)) + payload
+    assert b"".join(kernel._tempDataBuffer) == expected
+    # The bound on what waits for a client that does not read holds for prepared frames too.
+    for _ in range(3):
+        protocol.handle_reply({"type": "websocket.send", "text": frame, PREPARED: prepare(frame)})
+    assert kernel.aborted and queued_bytes(kernel) == 2 * len(expected)
 
 
 class StalledClient:

@@ -44,7 +44,7 @@ from chat.realtime.presence_feed import PresenceFeed
 from chat.realtime.presence_store import PresenceStore, get_presence
 from chat.realtime.probe import PROBE_TIMEOUT, PROBE_TYPE, LayerProbe
 from chat.realtime.stream import Broadcast, MessageStream
-from chat.realtime.tab import Tab
+from chat.realtime.tab import Tab, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -249,9 +249,11 @@ class RoomHub:
 
     async def _broadcast(self, room: str, frame: str, message_id: int | None = None) -> None:
         feed = self.feeds.get(room)
-        for tab in list(feed.tabs if feed else ()):
+        tabs = list(feed.tabs if feed else ())
+        prepared = prepare(frame) if len(tabs) > 1 else None
+        for tab in tabs:
             try:
-                await tab.deliver(frame, message_id)
+                await tab.deliver(frame, message_id, prepared)
             except Exception:  # one broken socket must not silence the room
                 logger.exception("delivery failed room=%s", room)
 
@@ -368,8 +370,9 @@ class RoomHub:
             for room in rooms:
                 feed = self.feeds.get(room)
                 for tabs, frame in feed.presence.due(now) if feed else ():
+                    prepared = prepare(frame) if len(tabs) > 1 else None
                     for tab in tabs:
-                        await tab.send(frame)
+                        await tab.send(frame, prepared)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub]" = weakref.WeakKeyDictionary()
