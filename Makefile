@@ -21,8 +21,18 @@ $(BIN)/.installed-test: requirements.txt requirements-dev.txt $(BIN)/.installed-
 migrate: $(BIN)/.installed-run
 	$(BIN)/python manage.py migrate --noinput
 
+# With DEBUG off the pages link to content-hashed names (chat.3f1e…c2.js), which
+# only collectstatic writes (to STATIC_ROOT); redone only when a static file changed.
+STATIC_ROOT ?= staticfiles
+DEBUG_OFF := $(if $(DEBUG),$(filter-out 1 true on ok y yes,$(shell printf '%s' '$(DEBUG)' | tr A-Z a-z)))
+STATIC_SOURCES := $(shell find chat/static -type f)
+
+$(STATIC_ROOT)/staticfiles.json: $(STATIC_SOURCES) $(BIN)/.installed-run
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	touch $@
+
 ## Set up and serve the chat on http://127.0.0.1:$(PORT)/ (SQLite + in-memory layer by default).
-run: migrate
+run: migrate $(if $(DEBUG_OFF),$(STATIC_ROOT)/staticfiles.json)
 	$(BIN)/python -m chatsite.server -b 127.0.0.1 -p $(PORT) $(DAPHNE_ARGS) chatsite.asgi:application
 
 ## Set up and run the whole test suite.
@@ -38,4 +48,4 @@ bench: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.load --help
 
 clean:
-	rm -rf $(VENV) db.sqlite3
+	rm -rf $(VENV) db.sqlite3 $(STATIC_ROOT)
