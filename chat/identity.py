@@ -7,7 +7,6 @@ hash, so neither reveals the session key or the ``session_id``.
 
 import uuid
 from dataclasses import dataclass
-
 from types import SimpleNamespace
 
 from django.contrib import auth
@@ -54,7 +53,7 @@ def signed_in(session: SessionBase) -> bool:
     """
     if auth.SESSION_KEY not in session:
         return False
-    return bool(auth.get_user(SimpleNamespace(session=session)).is_authenticated)  # type: ignore[arg-type]
+    return bool(auth.get_user(SimpleNamespace(session=session)).is_authenticated)
 
 
 def author_id_for(session_id: uuid.UUID) -> str:

@@ -7,15 +7,14 @@ JSON text. See docs/protocol.md.
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.exceptions import ValidationError
 
 from chat import validators
-from chat.models import Message
 from chat.realtime.people import PeopleDiff, Person
 
 HISTORY_DEFAULT_LIMIT = 50
@@ -99,9 +98,7 @@ def _message_id(data: dict[str, Any], field: str, *, required: bool, client_id: 
         return None
     # bool is an int in Python; true is not a message id.
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise FrameError(
-            "invalid_request", f"'{field}' must be a message id (an integer >= 0).", client_id=client_id
-        )
+        raise FrameError("invalid_request", f"'{field}' must be a message id (an integer >= 0).", client_id=client_id)
     return value
 
 
@@ -150,7 +147,7 @@ def _parse_resume(data: dict[str, Any]) -> Resume:
     return Resume(after=after, client_id=client_id)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], ClientFrame]] = {
     "chat": _parse_chat,
     "rename": _parse_rename,
     "history": _parse_history,
@@ -182,7 +179,7 @@ def parse_frame(text: str) -> ClientFrame:
 # --- Server -> client --------------------------------------------------------
 
 
-def _encode(frame: dict[str, Any]) -> str:
+def _encode(frame: object) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -191,7 +188,20 @@ def format_ts(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_data(message: Message) -> dict[str, Any]:
+class StoredMessage(Protocol):
+    """What a ``chat`` frame shows of a stored message (a ``chat.models.Message``)."""
+
+    pk: Any
+    room_id: str
+    author_id: str
+    username: str
+    verified: bool
+    text: str
+    created_at: datetime
+    client_id: str | None
+
+
+def message_data(message: StoredMessage) -> dict[str, Any]:
     """Return the ``chat`` frame of a stored message, as a dict."""
     return {
         "type": "chat",
@@ -206,14 +216,12 @@ def message_data(message: Message) -> dict[str, Any]:
     }
 
 
-def chat_frame(message: Message) -> str:
+def chat_frame(message: StoredMessage) -> str:
     return _encode(message_data(message))
 
 
-def history_frame(messages: Iterable[Message], *, has_more: bool) -> str:
-    return _encode(
-        {"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more}
-    )
+def history_frame(messages: Iterable[StoredMessage], *, has_more: bool) -> str:
+    return _encode({"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more})
 
 
 def welcome_frame(*, room: str, username: str, author_id: str, verified: bool, last_id: int | None) -> str:
@@ -238,8 +246,12 @@ def renamed_frame(*, author_id: str, old: str, username: str) -> str:
 
 
 def _person(person: Person) -> dict[str, Any]:
-    return {"author_id": person.author_id, "username": person.username, "verified": person.verified,
-            "tabs": person.tabs}
+    return {
+        "author_id": person.author_id,
+        "username": person.username,
+        "verified": person.verified,
+        "tabs": person.tabs,
+    }
 
 
 def encode_people(people: Iterable[Person]) -> str:
@@ -268,9 +280,7 @@ def pong_frame() -> str:
     return _encode({"type": "pong"})
 
 
-def error_frame(
-    code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None
-) -> str:
+def error_frame(code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None) -> str:
     assert code in ERROR_CODES, code
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if client_id is not None:

@@ -66,7 +66,7 @@ class TokenBucket:
     """One bucket: the tokens left when last counted, and when (``time.monotonic``). Full when made."""
 
     # One per socket and per active author: keep it two floats.
-    __slots__ = ("tokens", "stamp")
+    __slots__ = ("stamp", "tokens")
 
     def __init__(self, rule: Limit, now: float) -> None:
         self.tokens = float(rule.burst)
@@ -117,7 +117,7 @@ class LocalRateLimiter:
 
 # KEYS[1] = bucket; ARGV = burst, rate per second. Returns -1 when allowed,
 # else the number of tokens missing (as a string: Lua numbers lose decimals).
-_TOKEN_BUCKET = """
+_BUCKET_SCRIPT = """
 local burst, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
@@ -143,15 +143,13 @@ class RedisRateLimiter:
     """
 
     def __init__(self, client: Redis) -> None:
-        self._script = client.register_script(_TOKEN_BUCKET)
+        self._script = client.register_script(_BUCKET_SCRIPT)
 
     async def hit(self, *, action: str, author_id: str) -> float | None:
         rule = limit(action)
         try:
             missing = float(
-                await self._script(
-                    [redis_client.key("rate", action, author_id)], [rule.burst, rule.per_second]
-                )
+                await self._script([redis_client.key("rate", action, author_id)], [rule.burst, rule.per_second])
             )
         except (RedisError, OSError) as exc:
             logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)

@@ -9,9 +9,7 @@ import redis.asyncio as redis
 from django.conf import settings
 
 # A redis.asyncio client belongs to the event loop that created it.
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.Redis]" = (
-    weakref.WeakKeyDictionary()
-)
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.Redis]" = weakref.WeakKeyDictionary()
 
 
 def get_redis() -> redis.Redis:

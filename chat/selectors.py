@@ -38,9 +38,7 @@ def messages_after(*, room: str, after: int, limit: int) -> tuple[list[Message],
 
 def last_message_id(*, room: str) -> int | None:
     """Return the id of the newest message of ``room``, or None for an empty room."""
-    return (
-        Message.objects.filter(room_id=room).order_by("-id").values_list("id", flat=True).first()
-    )
+    return Message.objects.filter(room_id=room).order_by("-id").values_list("id", flat=True).first()
 
 
 @dataclass(frozen=True)

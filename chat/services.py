@@ -2,14 +2,14 @@
 
 Every service validates with ``chat.validators`` before it writes, uses the
 database's own guarantees (unique constraints, upserts, row locks) instead of
-read-then-write, and queues its events with ``send_event_on_commit``. The
+read-then-write, and queues its events with ``gateway.send_on_commit``. The
 consumer, the views, the admin and the management command all call these.
 """
 
 import uuid
 from dataclasses import dataclass
-from importlib import import_module
 from datetime import timedelta
+from importlib import import_module
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
@@ -17,9 +17,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chat import events, protocol, selectors, validators
+from chat import protocol, selectors, validators
 from chat.identity import Identity, author_id_for, get_session_id, guest_name_for, signed_in
 from chat.models import Message, Room, VisitorSettings
+from chat.realtime import gateway
+from chat.realtime.events import MessageStored, VisitorRenamed
 
 # read_at only has to be good to the day for the stale-settings purge, so a
 # connect writes it at most once a day rather than on every connect.
@@ -32,11 +34,7 @@ def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None
     if session_id is None:
         return None
     author_id = author_id_for(session_id)
-    row = (
-        VisitorSettings.objects.filter(session_id=session_id)
-        .only("username", "read_at")
-        .first()
-    )
+    row = VisitorSettings.objects.filter(session_id=session_id).only("username", "read_at").first()
     if row is None:
         return Identity(session_id, author_id, guest_name_for(author_id), verified)
     now = timezone.now()
@@ -67,16 +65,8 @@ def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int
 
 
 def _announce_name(*, session_id: uuid.UUID, old: str, username: str) -> None:
-    author_id = author_id_for(session_id)
-    events.send_event_on_commit(
-        events.IDENTITY_GROUP,
-        {
-            "type": "identity.changed",
-            "author_id": author_id,
-            "change_id": uuid.uuid4().hex,
-            "old": old,
-            "username": username,
-        },
+    gateway.send_on_commit(
+        VisitorRenamed(author_id=author_id_for(session_id), change_id=uuid.uuid4().hex, old=old, username=username)
     )
 
 
@@ -90,11 +80,7 @@ def rename_visitor(*, session_id: uuid.UUID, username: str, previous: str) -> st
     now = timezone.now()
     with transaction.atomic():
         VisitorSettings.objects.bulk_create(
-            [
-                VisitorSettings(
-                    session_id=session_id, username=username, read_at=now, created_at=now, updated_at=now
-                )
-            ],
+            [VisitorSettings(session_id=session_id, username=username, read_at=now, created_at=now, updated_at=now)],
             update_conflicts=True,
             unique_fields=["session_id"],
             update_fields=["username", "read_at", "updated_at"],
@@ -113,9 +99,7 @@ def delete_visitor_settings(*, session_ids: list[uuid.UUID]) -> int:
         )
         VisitorSettings.objects.filter(session_id__in=[sid for sid, _ in rows]).delete()
         for session_id, username in rows:
-            _announce_name(
-                session_id=session_id, old=username, username=guest_name_for(author_id_for(session_id))
-            )
+            _announce_name(session_id=session_id, old=username, username=guest_name_for(author_id_for(session_id)))
     return len(rows)
 
 
@@ -251,18 +235,18 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
         if new:
             Message.objects.bulk_create(new)  # ids drawn in list order
         for message in new:
-            events.send_event_on_commit(
-                events.room_group(message.room_id),
-                events.room_message(
-                    message.room_id,
+            gateway.send_on_commit(
+                MessageStored(
+                    room=message.room_id,
                     message_id=message.pk,
                     prev_id=prev_ids[message.room_id],
                     frame=protocol.chat_frame(message),
-                ),
+                )
             )
             prev_ids[message.room_id] = message.pk
     return [
-        Posted(result, created=True) if isinstance(result, Message)
+        Posted(result, created=True)
+        if isinstance(result, Message)
         else Posted(stored.get(result) or firsts[result], created=False)
         for result in results
     ]

@@ -78,13 +78,9 @@ def check_username(username: object) -> str:
     if not name:
         raise ValidationError("A name cannot be empty.", code="invalid_username")
     if len(name) > USERNAME_MAX_LENGTH:
-        raise ValidationError(
-            f"A name has at most {USERNAME_MAX_LENGTH} characters.", code="invalid_username"
-        )
+        raise ValidationError(f"A name has at most {USERNAME_MAX_LENGTH} characters.", code="invalid_username")
     for index, char in enumerate(name):
-        if unicodedata.category(char) in _FORBIDDEN_IN_NAMES and not (
-            char == _ZWJ and _joins_emoji(name, index)
-        ):
+        if unicodedata.category(char) in _FORBIDDEN_IN_NAMES and not (char == _ZWJ and _joins_emoji(name, index)):
             raise ValidationError(
                 f"A name cannot contain the invisible or control character U+{ord(char):04X}.",
                 code="invalid_username",
@@ -102,9 +98,7 @@ def check_text(text: object) -> str:
     if not text:
         raise ValidationError("A message cannot be empty.", code="invalid_text")
     if len(text) > TEXT_MAX_LENGTH:
-        raise ValidationError(
-            f"A message has at most {TEXT_MAX_LENGTH} characters.", code="text_too_long"
-        )
+        raise ValidationError(f"A message has at most {TEXT_MAX_LENGTH} characters.", code="text_too_long")
     for char in text:
         category = unicodedata.category(char)
         if (category == "Cc" and char not in _ALLOWED_TEXT_CONTROLS) or category == "Cs":

@@ -15,8 +15,9 @@ import asyncio
 import logging
 import weakref
 
-from chat import events, services
-from chat.fanout import get_hub
+from chat import services
+from chat.realtime import gateway
+from chat.realtime.hub import get_hub
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +60,9 @@ class MessageWriter:
                     future.set_result(posted)
 
     async def _store(self, posts: list[services.Post]) -> list[services.Posted]:
-        try:
-            return await events.call_service(services.post_messages, posts=posts)
-        except events.BroadcastFailed as failed:
-            # Stored, but the layer (Redis) did not take the events: this
-            # process's sockets get them at once; other processes' hubs
-            # fetch them from the database when the layer is back.
-            hub = get_hub()
-            for _group, event in failed.unsent:
-                await hub.dispatch(event)
-            return failed.result
+        # Events the layer (Redis) refuses go to this process's tabs at once;
+        # other processes' hubs read them from the database when it is back.
+        return await gateway.run_service(services.post_messages, deliver_locally=get_hub().dispatch, posts=posts)
 
 
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MessageWriter]" = weakref.WeakKeyDictionary()

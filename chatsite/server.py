@@ -167,7 +167,9 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         if limit and queued > limit + self.frame_allowance:
             self.drop_slow_reader(queued, limit)
             return
-        payload_limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        # autobahn sets it in setProtocolOptions (no annotation to go by).
+        payload_limit: int = self.maxMessagePayloadSize  # type: ignore[has-type]
+        self.maxMessagePayloadSize = 0
         try:
             super().sendMessage(*args, **kwargs)
         finally:
@@ -186,7 +188,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         consumer ``websocket.disconnect`` with 1006.
         """
         self.overflowed = True
-        peer = "%s:%s" % tuple(self.client_addr) if self.client_addr else "unknown"  # daphne's, set on connect
+        peer = "{}:{}".format(*self.client_addr) if self.client_addr else "unknown"  # daphne's, set on connect
         logger.warning(
             "slow reader dropped peer=%s path=%s queued=%d bytes limit=%d", peer, self.request.path, queued, limit
         )

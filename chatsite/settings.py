@@ -5,6 +5,7 @@ and an in-process channel layer. Production sets ``DEBUG=0``, ``SECRET_KEY``,
 ``ALLOWED_HOSTS``, ``DATABASE_URL`` and ``REDIS_URL`` (see README.md).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -33,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "chat",
 ]
 
@@ -52,6 +54,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a refused admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -159,6 +163,27 @@ if not SECURE_HSTS_PRELOAD:
     # every subdomain to HTTPS in browsers' built-in lists, for months after
     # it is withdrawn: the operator's choice (SECURE_HSTS_PRELOAD=1), not a default.
     SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# --- Admin login: throttled per username and per address (django-axes) ------
+# The throttle backend comes first: a username or an address with
+# AXES_FAILURE_LIMIT failed logins in a row is refused before ModelBackend
+# runs the password hasher, with a 429 page saying so, until
+# AXES_COOLOFF_TIME has passed since its last failed attempt (a refused
+# attempt counts: guessing on keeps it locked). A successful login clears its
+# count. `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`
+# unlock at once. Attempts are rows in the database (axes' database handler):
+# shared by every server process, with or without Redis. README, "Limits".
+AUTHENTICATION_BACKENDS = [
+    "chatsite.login_throttle.HttpLoginThrottle",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_RESET_ON_SUCCESS = True
+# The address daphne was given, trusted as forwarded only with BEHIND_PROXY=1.
+AXES_CLIENT_IP_CALLABLE = "chatsite.login_throttle.client_address"
 
 # --- Chat limits ----------------------------------------------------------------
 CHAT_STALE_SETTINGS_DAYS = env.int("CHAT_STALE_SETTINGS_DAYS", default=100)

@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
 from chat import services
-from chat.fanout import get_hub
+from chat.realtime.hub import get_hub
 from chat.identity import author_id_for, guest_name_for
 from chat.models import Message, VisitorSettings
 from tests.conftest import make_session
@@ -360,10 +360,10 @@ async def test_a_renewal_that_comes_after_a_tab_closed_does_not_bring_it_back():
     leaving = Tab(await new_browser())
     author_id = (await leaving.open())["author_id"]
     hub = get_hub()
-    [consumer] = [m for m in hub.feeds["lobby"].members if m.identity.author_id == author_id]
+    [tab] = [t for t in hub.feeds["lobby"].tabs if t.identity.author_id == author_id]
     await leaving.close()
-    await until_gone(hub, consumer)
-    await consumer.refresh_presence()  # the hub's pass had picked it before it closed
+    await until_gone(hub, tab)
+    await hub.renew(tab)  # the hub's pass had picked it before it closed
     newcomer = Tab(await new_browser())
     await newcomer.open()
     presence = await newcomer.recv_type("presence")
@@ -373,9 +373,9 @@ async def test_a_renewal_that_comes_after_a_tab_closed_does_not_bring_it_back():
     await stays.close()
 
 
-async def until_gone(hub, consumer) -> None:
+async def until_gone(hub, tab) -> None:
     for _ in range(100):
-        if not hub.has(consumer) and consumer.closing:
+        if not hub.has(tab) and tab.closing:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the tab did not leave the hub")

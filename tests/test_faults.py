@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 # Senders here are test clients, not people: let them send as fast as the
 # test needs (the rate limit has tests of its own).
-FAST = {"CHAT_RATE_BURST": "10000", "CHAT_RATE_PER_SECOND": "10000"}
+FAST = {"CHAT_RATE_BURST": "10000", "CHAT_RATE_PER_SECOND": "10000",
+        "CHAT_FRAME_RATE_BURST": "10000", "CHAT_FRAME_RATE_PER_SECOND": "10000"}
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ every request below goes through it.
 """
 
 import asyncio
+import http.client
 import json
 import re
 import time
@@ -22,7 +23,9 @@ from daphne.cli import CommandLineInterface
 from django.conf import settings
 from websockets.protocol import State
 
-from tests.servers import COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, recv, render_nginx_conf
+from tests.servers import (
+    COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, manage, recv, render_nginx_conf,
+)
 
 # How docker-compose.yml's replicas run (the Dockerfile's command line).
 REPLICA_ARGS = ["--proxy-headers"]
@@ -58,8 +61,8 @@ def load_page(nginx: Nginx, room: str = "lobby") -> tuple[str, str]:
 
 
 def connect(nginx: Nginx, session: str, room: str = "lobby", origin: str | None = None,
-            headers: dict[str, str] | None = None):
-    """Open a room's socket through nginx, as the page at ``nginx.base`` does.
+            headers: dict[str, str] | None = None, source: str = "127.0.0.1"):
+    """Open a room's socket through nginx, as the page at ``nginx.base`` does, from address ``source``.
 
     No client pings: an idle socket carries only what the server sends.
     """
@@ -69,6 +72,7 @@ def connect(nginx: Nginx, session: str, room: str = "lobby", origin: str | None 
         additional_headers={**(headers or {}), "Cookie": f"sessionid={session}"},
         ping_interval=None,
         open_timeout=10,
+        local_addr=(source, 0),
     )
 
 
@@ -228,3 +232,164 @@ async def test_nginx_cuts_a_silent_socket_at_its_timeout_and_pings_keep_one_open
                 assert pinged.state is State.OPEN, "a pinged socket outlives nginx's timeout"
                 await pinged.send(json.dumps({"type": "ping"}))
                 assert (await recv(pinged, "pong")) == {"type": "pong"}
+
+
+# --- Limits per client address ---------------------------------------------------
+# deploy/nginx.conf exempts loopback; these tests take 127.0.0.1's exemption
+# out (one line replaced, as the timeout test replaces its values), so that
+# 127.0.0.1 is a client like any other, and 127.0.0.2 is a second client
+# address (the whole of 127.0.0.0/8 is this machine's).
+NOT_EXEMPT = ("    127.0.0.1       1;", "    # 127.0.0.1 is limited in this test")
+OTHER_ADDRESS = "127.0.0.2"
+
+
+class Client:
+    """HTTP/1.1 to nginx from one source address, over one kept-alive connection."""
+
+    def __init__(self, nginx: Nginx, source: str = "127.0.0.1") -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=(source, 0))
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body: str | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
+        self.connection.request(method, path, body=body, headers=headers or {})
+        response = self.connection.getresponse()
+        return response.status, response, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _limit(name: str) -> tuple[float, int]:
+    """The rate (per second) and burst deploy/nginx.conf gives zone ``name``."""
+    conf = NGINX_CONF.read_text()
+    number, unit = re.search(rf"zone={name}:\S+ rate=(\d+)r/(s|m);", conf).groups()
+    burst = re.search(rf"limit_req zone={name} burst=(\d+) nodelay;", conf).group(1)
+    return int(number) / (1 if unit == "s" else 60), int(burst)
+
+
+def flood(client: Client, path: str, most: int, method: str = "GET", **kwargs) -> tuple[int, float]:
+    """Send requests until the first 429 (``most`` at most); return how many passed, and in how long."""
+    started = time.monotonic()
+    passed = 0
+    for _ in range(most):
+        status, _, _ = client.request(method, path, **kwargs)
+        if status == 429:
+            break
+        passed += 1
+    return passed, time.monotonic() - started
+
+
+@through_nginx
+async def test_page_views_over_the_limit_get_429_and_another_address_is_unaffected(server_env, tmp_path):
+    rate, burst = _limit("pages")
+    with stack(server_env, tmp_path, replace=[NOT_EXEMPT]) as (web1, web2, nginx):
+        one, other = Client(nginx), Client(nginx, OTHER_ADDRESS)
+        # /healthz is the cheapest request to send to a replica; it counts as any other.
+        passed, took = flood(one, "/healthz", most=burst + 200)
+        # The whole burst passes (an office's worth of page views), then the rate.
+        assert burst + 1 <= passed <= burst + 1 + rate * took + 1, (passed, took)
+        status, response, body = one.request("GET", "/chat/lobby/")
+        assert status == 429 and "Set-Cookie" not in response.headers, "refused at the edge: no session made"
+        # Another address has its own allowance: a page and its session.
+        status, response, body = other.request("GET", "/chat/lobby/")
+        assert status == 200 and b'data-testid="messages"' in body
+        assert "sessionid=" in response.headers["Set-Cookie"]
+        one.close()
+        other.close()
+
+        # The file as deployed: loopback is not limited (benchmarks, tests).
+        port = free_port()
+        exempt = Nginx(render_nginx_conf(port=port, upstreams=[web1.port, web2.port]), port, tmp_path / "nginx-exempt")
+        try:
+            local = Client(exempt)
+            passed, _ = flood(local, "/healthz", most=burst + 50)
+            assert passed == burst + 50
+            local.close()
+        finally:
+            exempt.stop()
+
+
+@through_nginx
+async def test_websocket_opens_over_the_limit_get_429(server_env, tmp_path):
+    # The mechanism on a small scale: a burst of 2 handshakes and one a
+    # minute (so that the test's own pace does not matter), and (on a second
+    # nginx) 2 open sockets at a time.
+    with stack(server_env, tmp_path, replace=[
+        NOT_EXEMPT, ("limit_req zone=ws_opens burst=200 nodelay;", "limit_req zone=ws_opens burst=2 nodelay;"),
+        ("zone=ws_opens:10m rate=10r/s;", "zone=ws_opens:10m rate=1r/m;"),
+    ]) as (web1, web2, nginx):
+        _, session = load_page(nginx)
+        # New sockets per second: the third handshake within the burst's time is refused.
+        for _ in range(3):
+            async with connect(nginx, session) as ws:
+                await recv(ws, "welcome")
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(nginx, session):
+                pass
+        assert info.value.response.status_code == 429
+        async with connect(nginx, session, source=OTHER_ADDRESS) as ws:
+            await recv(ws, "welcome")
+
+        # Open sockets at a time: the third is refused while two are open, a
+        # third from another address is not, and one closing makes room.
+        port = free_port()
+        conf = render_nginx_conf(port=port, upstreams=[web1.port, web2.port],
+                                 replace=[NOT_EXEMPT, ("limit_conn ws_open 1000;", "limit_conn ws_open 2;")])
+        capped = Nginx(conf, port, tmp_path / "nginx-capped")
+        try:
+            async with connect(capped, session) as a, connect(capped, session) as b:
+                await recv(a, "welcome")
+                await recv(b, "welcome")
+                with pytest.raises(websockets.InvalidStatus) as info:
+                    async with connect(capped, session):
+                        pass
+                assert info.value.response.status_code == 429
+                async with connect(capped, session, source=OTHER_ADDRESS) as c:
+                    await recv(c, "welcome")
+            async with connect(capped, session) as ws:
+                await recv(ws, "welcome")
+        finally:
+            capped.stop()
+
+
+@through_nginx
+async def test_admin_login_posts_over_the_limit_get_429(server_env, tmp_path):
+    rate, burst = _limit("admin_login")
+    assert rate <= 1 / 5, "no more than one login attempt every 5 s from one address, after the burst"
+    with stack(server_env, tmp_path, replace=[NOT_EXEMPT]) as (_, _, nginx):
+        one, other = Client(nginx), Client(nginx, OTHER_ADDRESS)
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        body = "username=admin&password=guess"
+        # Without a CSRF token Django refuses (403) before any password is
+        # checked: what is counted here is nginx's limit alone.
+        passed, took = flood(one, "/admin/login/", most=burst + 5, method="POST", headers=form, body=body)
+        assert burst + 1 <= passed <= burst + 1 + rate * took + 1, (passed, took)
+        status, _, page = one.request("POST", "/admin/login/?next=/admin/", headers=form, body=body)
+        assert status == 429 and b"429 Too Many Requests" in page, "nginx's own refusal"
+        # The login page is still served (a GET is a page view), and another address may post.
+        assert one.request("GET", "/admin/login/")[0] == 200
+        assert other.request("POST", "/admin/login/", headers=form, body=body)[0] == 403
+        one.close()
+        other.close()
+
+
+@through_nginx
+async def test_a_failed_admin_login_counts_against_the_clients_address_not_a_header(server_env, tmp_path):
+    """nginx replaces X-Forwarded-For with the peer; daphne --proxy-headers and axes (BEHIND_PROXY=1) use it."""
+    with stack(server_env, tmp_path) as (_, _, nginx):
+        client = Client(nginx, OTHER_ADDRESS)
+        status, response, page = client.request("GET", "/admin/login/")
+        assert status == 200
+        csrf_cookie = SimpleCookie(response.headers["Set-Cookie"])["csrftoken"].value
+        token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1).decode()
+        status, _, page = client.request("POST", "/admin/login/", body=f"csrfmiddlewaretoken={token}"
+                                         "&username=admin&password=guess", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf_cookie}",
+            "Referer": f"{nginx.base}/admin/login/", "X-Forwarded-For": "203.0.113.9",
+        })
+        assert status == 200 and b"Please enter the correct username and password" in page
+        client.close()
+        env = {**server_env, "BEHIND_PROXY": "1"}
+        addresses = manage(env, "shell", "-c", "from axes.models import AccessAttempt; "
+                           "print(sorted(a.ip_address for a in AccessAttempt.objects.all()))")
+        assert addresses.strip().splitlines()[-1] == f"['{OTHER_ADDRESS}']"

@@ -9,7 +9,9 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 
-from chat import events, services
+from chat import services
+from chat.realtime import gateway
+from chat.realtime.events import group_of
 from chat.identity import Identity, author_id_for, guest_name_for
 from chat.models import Message, Room, VisitorSettings
 from tests.conftest import make_session
@@ -162,15 +164,15 @@ def test_ids_grow_within_a_room():
 
 def test_each_message_event_names_the_previous_message_of_its_room(django_capture_on_commit_callbacks):
     ada = identity()
-    sent: list[tuple[str, dict]] = []
-    token = events._outbox.set(sent)  # what the consumer's call_service collects
+    sent: list = []
+    token = gateway._outbox.set(sent)  # what gateway.run_service collects
     try:
         with django_capture_on_commit_callbacks(execute=True):
             ids = [services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
                    for room in ["a", "b", "a", "a"]]
     finally:
-        events._outbox.reset(token)
-    chain = [(group, event["id"], event["prev_id"]) for group, event in sent]
+        gateway._outbox.reset(token)
+    chain = [(group_of(event), event.message_id, event.prev_id) for event in sent]
     assert chain == [
         ("chat.room.a", ids[0], None),
         ("chat.room.b", ids[1], None),
@@ -191,13 +193,13 @@ def test_resending_a_client_id_stores_nothing_new():
 
 def collected_events(capture_on_commit, post):
     """Run ``post`` the way the writer does; return its result and the events it published."""
-    sent: list[tuple[str, dict]] = []
-    token = events._outbox.set(sent)  # what the consumer's call_service collects
+    sent: list = []
+    token = gateway._outbox.set(sent)  # what gateway.run_service collects
     try:
         with capture_on_commit(execute=True):
             result = post()
     finally:
-        events._outbox.reset(token)
+        gateway._outbox.reset(token)
     return result, sent
 
 
@@ -217,7 +219,7 @@ def test_a_batch_costs_two_queries_per_room_and_one_insert(data_queries, django_
     assert ids == sorted(ids)
     before = Message.objects.get(text="before").pk
     # Each event names its room's previous message, across the batch too.
-    chain = [(group, event["id"], event["prev_id"]) for group, event in sent]
+    chain = [(group_of(event), event.message_id, event.prev_id) for event in sent]
     assert sorted(chain, key=lambda link: link[1]) == [
         ("chat.room.a", ids[0], before),
         ("chat.room.b", ids[1], None),
@@ -244,7 +246,7 @@ def test_a_batch_with_resends_stores_each_client_id_once(django_capture_on_commi
     assert [p.created for p in stored] == [True, False, True, False, True]
     assert stored[1].message.pk == earlier.message.pk
     assert stored[3].message.pk == stored[0].message.pk
-    assert sorted(event["id"] for _, event in sent) == sorted(stored[i].message.pk for i in (0, 2, 4))
+    assert sorted(event.message_id for event in sent) == sorted(stored[i].message.pk for i in (0, 2, 4))
     assert sorted(Message.objects.values_list("text", flat=True)) == ["hers", "new", "no id", "sent before"]
 
 

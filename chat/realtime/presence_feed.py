@@ -16,12 +16,15 @@ the server one diff per distinct list shown, not one per tab.
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from chat import protocol
 from chat.realtime.people import Person, RoomPeople, diff
 
 # The contract: at most one presence frame per tab per second.
 PRESENCE_INTERVAL = 1.0
+
+TabT = TypeVar("TabT", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -33,7 +36,7 @@ class Shown:
     sent_at: float
 
 
-class PresenceFeed:
+class PresenceFeed(Generic[TabT]):
     """The presence of one room, for the tabs of this process in it."""
 
     def __init__(self, room: str) -> None:
@@ -44,7 +47,7 @@ class PresenceFeed:
         self.list_version = -1
         self._lists: dict[int, tuple[Person, ...]] = {}
         self._encoded: dict[int, str] = {}  # list version -> its people as JSON
-        self._shown: dict[Hashable, Shown] = {}
+        self._shown: dict[TabT, Shown] = {}
 
     def has_list(self, list_version: int) -> bool:
         return list_version in self._lists
@@ -56,7 +59,7 @@ class PresenceFeed:
         if people.version > self.version and people.list_version in self._lists:
             self.version, self.count, self.list_version = people.version, people.count, people.list_version
 
-    def snapshot(self, tab: Hashable, people: RoomPeople, now: float) -> str:
+    def snapshot(self, tab: TabT, people: RoomPeople, now: float) -> str:
         """The ``presence`` frame for a tab that has just entered; ``people`` is what its entry read.
 
         ``people.listed`` may be None only if the feed has that list.
@@ -67,18 +70,18 @@ class PresenceFeed:
             room=self.room, count=people.count, people_json=self._people_json(people.list_version)
         )
 
-    def forget(self, tab: Hashable) -> None:
+    def forget(self, tab: TabT) -> None:
         self._shown.pop(tab, None)
 
-    def due(self, now: float) -> list[tuple[list[Hashable], str]]:
+    def due(self, now: float) -> list[tuple[list[TabT], str]]:
         """The frames to send now, each with the tabs it goes to (and the feed notes them sent)."""
-        behind: dict[int, list[Hashable]] = {}
+        behind: dict[int, list[TabT]] = {}
         for tab, shown in self._shown.items():
             if shown.list_version == self.list_version and shown.count == self.count:
                 continue
             if now - shown.sent_at >= PRESENCE_INTERVAL:
                 behind.setdefault(shown.list_version, []).append(tab)
-        sends: list[tuple[list[Hashable], str]] = []
+        sends: list[tuple[list[TabT], str]] = []
         for list_version, tabs in behind.items():
             before = self._lists.get(list_version)
             if before is None:  # not kept: the tab starts over from a snapshot
@@ -89,7 +92,7 @@ class PresenceFeed:
             else:
                 changes = diff(before, self._lists[self.list_version], count=self.count)
                 frame = protocol.presence_diff_frame(room=self.room, changes=changes)
-            recipients = []
+            recipients: list[TabT] = []
             for tab in tabs:
                 shown = self._shown[tab]
                 if changes is not None and not changes and shown.count == self.count:

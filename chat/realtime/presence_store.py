@@ -311,8 +311,15 @@ class RedisPresence:
     ) -> RoomPeople | None:
         reply = await self._enter(
             [*self._keys(room), self._sockets(author_id)],
-            [self._ttl_ms(), socket_id, author_id, _profile(username, verified),
-             settings.CHAT_MAX_SOCKETS_PER_IDENTITY, str(known_list), LISTED_MAX],
+            [
+                self._ttl_ms(),
+                socket_id,
+                author_id,
+                _profile(username, verified),
+                settings.CHAT_MAX_SOCKETS_PER_IDENTITY,
+                str(known_list),
+                LISTED_MAX,
+            ],
         )
         return _room_people(reply) if reply else None
 
