@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.http import HttpRequest
 
 
 class ChatConfig(AppConfig):
@@ -10,7 +11,7 @@ class ChatConfig(AppConfig):
 
         from chat.sessions import keep
 
-        def keep_signed_in_session(sender, request, user, **kwargs) -> None:
+        def keep_signed_in_session(sender: object, request: HttpRequest | None, **kwargs: object) -> None:
             # Staff who sign in without ever opening a socket keep their session.
             if request is not None and hasattr(request, "session"):
                 keep(request.session)

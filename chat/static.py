@@ -22,7 +22,7 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
 
     FOREVER = 365 * 24 * 60 * 60
 
-    def add_files(self, root, prefix=None) -> None:
+    def add_files(self, root: str | Path, prefix: str | None = None) -> None:
         # With DEBUG on the apps' folders are served and STATIC_ROOT need not
         # exist: no warning about it at every start of `make run`.
         if self.use_finders and not Path(root).is_dir():

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import pytest
 import websockets
 import yaml
-from django.conf import settings
 
 from tests.servers import ROOT, Nginx, free_port, recv, render_nginx_conf, server_environment, stop_process
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 YEAR_IMMUTABLE = "max-age=31536000, public, immutable"
 HASHED = re.compile(r'(?:src|href)="(/static/chat/chat\.[0-9a-f]{12}\.(js|css))"')
-SOURCE = {"js": (ROOT / "chat/static/chat/chat.js").read_bytes(), "css": (ROOT / "chat/static/chat/chat.css").read_bytes()}
+SOURCE = {kind: (ROOT / f"chat/static/chat/chat.{kind}").read_bytes() for kind in ("js", "css")}
 
 
 @pytest.fixture
