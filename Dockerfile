@@ -1,8 +1,9 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
+# Every package pinned with its hashes, transitive ones included (README "Dependencies").
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+RUN pip install --no-cache-dir --require-hashes -r requirements.txt
 COPY . .
 # Content-hashed, compressed static files (chat/static.py), written once into
 # the image. The key only lets the settings load: nothing is signed here.

@@ -1,5 +1,7 @@
 # The two commands: `make run` and `make test`. Both create the virtualenv
-# and install what they need; nothing has to be installed by hand.
+# and install what they need; nothing has to be installed by hand. Every
+# package comes from a lock with its hashes (requirements*.txt, compiled from
+# requirements*.in: README "Dependencies").
 PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 8000
@@ -11,11 +13,11 @@ DAPHNE_ARGS := --websocket-max-message-size 16384 --websocket-max-frame-size 163
 
 $(BIN)/.installed-run: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.txt
 	touch $@
 
 $(BIN)/.installed-test: requirements.txt requirements-dev.txt $(BIN)/.installed-run
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
 	touch $@
 
 migrate: $(BIN)/.installed-run
@@ -40,7 +42,7 @@ test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(BIN)/.installed-bench: requirements-bench.txt $(BIN)/.installed-test
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-bench.txt
 	touch $@
 
 ## Install the load benchmark's extras and print its usage (figures: docs/performance.md).
