@@ -11,9 +11,10 @@ exact path skips them; every other request is validated as usual.
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
-from asgiref.sync import markcoroutinefunction
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
@@ -58,19 +59,29 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 class HealthCheckMiddleware:
     """Answer ``/healthz`` before any other middleware; pass everything else on.
 
-    First in ``MIDDLEWARE``. Async only: under ASGI the health check runs on
-    the event loop, as the view did, and page views pay no extra hop (the
-    sync middlewares below are adapted once, as before).
+    First in ``MIDDLEWARE``. Sync and async, like Django's own middleware:
+    the server runs each page view's whole middleware chain in one thread
+    (chatsite/asgi.py), where this passes requests on without a hop and runs
+    the (rare) probe's async checks on the server's event loop.
     """
 
-    sync_capable = False
+    sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
-        markcoroutinefunction(self)
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
-    async def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        if request.path_info == HEALTH_PATH:
+            return async_to_sync(healthz)(request)
+        return self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
         if request.path_info == HEALTH_PATH:
             return await healthz(request)
         return await self.get_response(request)

@@ -29,11 +29,18 @@ READ_AT_RESOLUTION = timedelta(days=1)
 
 
 def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None:
-    """Return the identity of a session's browser, or None if it has no ``session_id``."""
+    """Return the identity of a session's browser, or None if it has no ``session_id``.
+
+    A session not saved yet (a new browser's first page view) got its
+    ``session_id`` in this request: no settings row can hold it, so none is
+    looked up.
+    """
     session_id = get_session_id(session)
     if session_id is None:
         return None
     author_id = author_id_for(session_id)
+    if session.session_key is None:
+        return Identity(session_id, author_id, guest_name_for(author_id), verified)
     row = VisitorSettings.objects.filter(session_id=session_id).only("username", "read_at").first()
     if row is None:
         return Identity(session_id, author_id, guest_name_for(author_id), verified)

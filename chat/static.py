@@ -1,8 +1,9 @@
 """Static files: WhiteNoise, in Django's middleware, with a one-year lifetime for hashed names.
 
-WhiteNoise's Django middleware is its documented way under ASGI too (Django
-adapts it like the other synchronous middlewares); it replaces the
-``ASGIStaticFilesHandler`` that ``chatsite/asgi.py`` used to wrap the app in.
+WhiteNoise's Django middleware (its documented way with Django), right
+after ``SecurityMiddleware``; HTTP runs through Django's WSGI handler in a
+pool thread (``chatsite/http.py``), where it is at home. It replaces the
+Django static files handler that ``chatsite/asgi.py`` used to wrap the app in.
 It serves ``STATIC_ROOT`` (what ``collectstatic`` wrote) and, with DEBUG on,
 the apps' ``static/`` folders directly, so ``make run`` needs no collect step.
 

@@ -1,27 +1,29 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels."""
+"""ASGI entry point: HTTP through Django (one thread per request), websockets through Channels."""
 
 import logging
 import os
 import sys
 from pathlib import Path
 
-from django.core.asgi import get_asgi_application
+from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Django must be set up before anything imports models.
-django_asgi_app = get_asgi_application()
+django_wsgi_app = get_wsgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chatsite.http import WsgiInThreads  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Static files are served by the same process, so `make run` and the
-        # compose stack need no separate file server: WhiteNoise, as Django
-        # middleware (chat/static.py), with hashed names, gzip and brotli.
-        "http": django_asgi_app,
+        # Pages, the admin and the static files: Django in one thread per
+        # request. Static files come from the same process, so `make run`
+        # and the compose stack need no separate file server: WhiteNoise, as
+        # Django middleware (chat/static.py), with hashed names, gzip and brotli.
+        "http": WsgiInThreads(django_wsgi_app),
         # Cookies ride along with any page's handshake: only the site's own
         # origin may open a socket (cross-site websocket hijacking).
         # No session or auth middleware: the consumer reads the session key

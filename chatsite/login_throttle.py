@@ -3,10 +3,11 @@
 Settings: chatsite/settings.py, "Admin login"; why: README, "Limits".
 """
 
-from django.conf import settings
-from django.http import HttpRequest
+from typing import Any
 
 from axes.backends import AxesStandaloneBackend
+from django.conf import settings
+from django.http import HttpRequest
 
 
 def client_address(request: HttpRequest) -> str | None:
@@ -37,8 +38,9 @@ class HttpLoginThrottle(AxesStandaloneBackend):
     login form (``AuthenticationForm``) always passes the request.
     """
 
-    def authenticate(self, request: HttpRequest | None, username: str | None = None,
-                     password: str | None = None, **kwargs):
+    def authenticate(
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> Any:
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
