@@ -1,6 +1,19 @@
 from django.apps import AppConfig
+from django.http import HttpRequest
 
 
 class ChatConfig(AppConfig):
     name = "chat"
     verbose_name = "Chat"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
+
+        from chat.sessions import keep
+
+        def keep_signed_in_session(sender: object, request: HttpRequest | None, **kwargs: object) -> None:
+            # Staff who sign in without ever opening a socket keep their session.
+            if request is not None and hasattr(request, "session"):
+                keep(request.session)
+
+        user_logged_in.connect(keep_signed_in_session, dispatch_uid="chat.keep_signed_in_session")

@@ -8,11 +8,14 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from chat.identity import SESSION_ID_KEY, ensure_session_id, get_session_id
+from chat.sessions import start_page_only
 
 # The date the cookie was last re-sent. Changing it once a day makes Django
 # save the session and send the cookie again with a fresh expiry, so an
 # active visitor never loses it, without a write on every page view.
 REFRESHED_ON_KEY = "refreshed_on"
+# The request attribute holding the session_id a view started with.
+SESSION_ID_ATTR = "_chat_session_id"
 
 
 def session_id_exempt(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,8 +36,9 @@ class SessionIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        known = get_session_id(request.session)
         response = self.get_response(request)
+        # Set by process_view; a view exempt from sessions never loads one here.
+        known = getattr(request, SESSION_ID_ATTR, None)
         if known is not None and get_session_id(request.session) is None:
             request.session[SESSION_ID_KEY] = str(known)
         return response
@@ -42,7 +46,11 @@ class SessionIdMiddleware:
     def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *args: Any) -> None:
         if getattr(view_func, "session_id_exempt", False):
             return
-        ensure_session_id(request.session)
+        if get_session_id(request.session) is None and request.session.session_key is None:
+            # A browser's first page view: its session lives a day until the
+            # browser opens a socket or signs in (chat.sessions.keep).
+            start_page_only(request.session)
+        setattr(request, SESSION_ID_ATTR, ensure_session_id(request.session))
         today = date.today().isoformat()
         if request.session.get(REFRESHED_ON_KEY) != today:
             request.session[REFRESHED_ON_KEY] = today

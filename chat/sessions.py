@@ -38,3 +38,39 @@ class SessionStore(DatabaseSessionStore):
 
     def _get_new_session_key(self) -> str:
         return get_random_string(32, VALID_KEY_CHARS)
+
+
+# --- Sessions of page views alone -------------------------------------------------
+# A browser's first page view creates its session. Until the browser opens a
+# socket (chat.js then calls chat.views.socket_opened) or signs in, the session
+# is "page-only": it and its cookie live a day (from its last save), not
+# SESSION_COOKIE_AGE, so the daily housekeeping (`manage.py housekeeping`, which
+# runs Django's clearsessions) deletes what crawlers and cookieless clients
+# leave behind. The flag rides in the session itself and the short lifetime
+# in its expire_date, so marking costs no query of its own: a new session is
+# inserted anyway, and keeping it is one UPDATE, once per browser.
+PAGE_ONLY_KEY = "page_only"
+PAGE_ONLY_SECONDS = 24 * 3600
+
+
+def start_page_only(session: Any) -> None:
+    """Mark a new session page-only: a day's lifetime, until the browser shows it is one."""
+    session[PAGE_ONLY_KEY] = True
+    session.set_expiry(PAGE_ONLY_SECONDS)
+
+
+def is_page_only(session: Any) -> bool:
+    return bool(session.get(PAGE_ONLY_KEY))
+
+
+def keep(session: Any) -> bool:
+    """Give a page-only session the full lifetime (saved, and its cookie re-sent, on the way out).
+
+    Returns whether the session is a browser's (has a ``session_id``); one
+    without, or none at all, is left alone: nothing is created.
+    """
+    if not session.get("session_id"):
+        return False
+    if session.pop(PAGE_ONLY_KEY, False):
+        session.set_expiry(None)  # back to SESSION_COOKIE_AGE
+    return True

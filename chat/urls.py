@@ -9,4 +9,5 @@ app_name = "chat"
 urlpatterns = [
     path("", RedirectView.as_view(url="/chat/lobby/", permanent=False), name="index"),
     re_path(rf"^chat/(?P<room>{ROOM_PATTERN})/$", views.room, name="room"),
+    path("socket-opened", views.socket_opened, name="socket_opened"),
 ]

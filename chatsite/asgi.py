@@ -12,7 +12,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 django_wsgi_app = get_wsgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.contrib.staticfiles.handlers import StaticFilesHandler  # noqa: E402
 
 from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
@@ -20,10 +19,11 @@ from chatsite.http import WsgiInThreads  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Pages, the admin and the few static files: Django in one thread per
+        # Pages, the admin and the static files: Django in one thread per
         # request. Static files come from the same process, so `make run`
-        # and the compose stack need no separate file server.
-        "http": WsgiInThreads(StaticFilesHandler(django_wsgi_app)),
+        # and the compose stack need no separate file server: WhiteNoise, as
+        # Django middleware (chat/static.py), with hashed names, gzip and brotli.
+        "http": WsgiInThreads(django_wsgi_app),
         # Cookies ride along with any page's handshake: only the site's own
         # origin may open a socket (cross-site websocket hijacking).
         # No session or auth middleware: the consumer reads the session key

@@ -43,6 +43,9 @@ MIDDLEWARE = [
     # (probes come by IP): chat/health.py.
     "chat.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files, answered before the session is touched (WhiteNoise's
+    # place: right after SecurityMiddleware).
+    "chat.static.StaticFilesMiddleware",
     "chat.middleware.SecureSessionCookieMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "chat.middleware.SessionIdMiddleware",
@@ -205,8 +208,17 @@ CHAT_REDIS_PREFIX = env.str("CHAT_REDIS_PREFIX", default="chat")
 CHAT_SEND_BUFFER_LIMIT = env.int("CHAT_SEND_BUFFER_LIMIT", default=1024 * 1024)
 
 # --- Static files -------------------------------------------------------------
+# Served by WhiteNoise inside Django's middleware (chat.static). With DEBUG off
+# the pages link to content-hashed names (chat.3f1e…c2.js) that only
+# `collectstatic` writes, with a .gz and a .br next to each: the Dockerfile runs
+# it at build time, `make run` when DEBUG is off. Hashed names are cached for a
+# year; the pages themselves are never cached (chat.views).
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -22,7 +22,7 @@ from chat import ratelimit
 from chat.realtime import presence_store
 from chat.sessions import SessionStore
 from chat.identity import ensure_session_id
-from tests.servers import NGINX, Server, server_environment
+from tests.servers import NGINX, Server, manage, server_environment
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -60,10 +60,27 @@ def isolated_state(settings) -> Iterator[None]:
     if "prefix" in layers["default"].get("CONFIG", {}):
         layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{run}"
     settings.CHANNEL_LAYERS = layers  # the setting_changed signal resets the layer
+    # Plain names: the manifest storage needs a collectstatic (Django's advice
+    # for tests); the tests of static files collect into a directory of their
+    # own (the collected_static fixture).
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": PLAIN_STATIC_STORAGE}}
+    settings.WHITENOISE_USE_FINDERS = True  # served from the apps' folders, as with DEBUG on
     saved = presence_store._local, ratelimit._local
     presence_store._local, ratelimit._local = presence_store.LocalPresence(), ratelimit.LocalRateLimiter()
     yield
     presence_store._local, ratelimit._local = saved
+
+
+PLAIN_STATIC_STORAGE = "django.contrib.staticfiles.storage.StaticFilesStorage"
+
+
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory) -> Path:
+    """A STATIC_ROOT that ``collectstatic`` wrote, as the Dockerfile's build does (once per test run)."""
+    root = tmp_path_factory.mktemp("staticfiles")
+    env = {**os.environ, "STATIC_ROOT": str(root), "DEBUG": "0", "SECRET_KEY": "collectstatic-only"}
+    manage(env, "collectstatic", "--noinput", "-v0")
+    return root
 
 
 def make_session(*, user=None) -> SessionStore:

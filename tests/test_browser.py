@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -489,3 +490,48 @@ def test_the_page_fits_a_phone_screen(new_browser):
     for testid in ("username-input", "message-input", "send-button", "connection-status"):
         expect(page.get_by_test_id(testid)).to_be_in_viewport()
     screenshot(page, "phone")
+
+
+# After a deploy, and a session worth keeping ------------------------------------------
+
+YEAR = 365 * 24 * 3600
+
+
+def test_a_browser_whose_socket_opened_keeps_its_session(new_browser):
+    context = new_browser()
+    page = context.new_page()
+    with page.expect_response(lambda response: "/socket-opened" in response.url) as answer:
+        page.goto("/chat/lobby/")
+    assert answer.value.json()["kept"] is True
+    expect(status(page)).to_have_text("connected")
+    (cookie,) = [c for c in context.cookies() if c["name"] == "sessionid"]
+    assert cookie["expires"] - time.time() > YEAR  # 400 days, not the page-only day
+    page.reload()  # a page view of a kept session: chat.js asks no more
+    expect(status(page)).to_have_text("connected")
+    assert page.evaluate("JSON.parse(document.getElementById('chat-config').textContent).session_kept") is True
+
+
+def test_a_tab_whose_script_a_deploy_replaced_reloads(new_browser):
+    """The server names another chat.js than the one running (as after a deploy): the idle tab reloads."""
+    context = new_browser()
+    page = context.new_page()
+    answers = []
+
+    def deployed(route) -> None:
+        if answers:  # once: the reloaded page runs "the new script"
+            route.continue_()
+            return
+        answers.append(route.request.url)
+        route.fulfill(json={"script": "/static/chat/chat.0123456789ab.js", "kept": True})
+
+    page.route("**/socket-opened*", deployed)
+    loads = []
+    page.on("load", lambda _: loads.append(1))
+    page.goto("/chat/lobby/")
+    expect(status(page)).to_have_text("connected")
+    page.wait_for_function("document.readyState === 'complete'")
+    deadline = time.monotonic() + 10
+    while len(loads) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert len(loads) == 2, "reloaded once, then ran on"
+    expect(status(page)).to_have_text("connected")

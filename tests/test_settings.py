@@ -116,9 +116,10 @@ def fetch(url: str, **headers: str):
 
 @pytest.mark.server
 @pytest.mark.django_db(transaction=True)
-def test_a_production_server_behind_a_tls_proxy(server_env, tmp_path):
+def test_a_production_server_behind_a_tls_proxy(server_env, collected_static, tmp_path):
     env = production(ALLOWED_HOSTS="127.0.0.1", BEHIND_PROXY="1")
     env = {**{n: v for n, v in server_env.items() if n not in CONTROLLED}, **{n: env[n] for n in CONTROLLED if n in env}}
+    env["STATIC_ROOT"] = str(collected_static)  # the page links to hashed names: collectstatic's
     # Server() waits for /healthz over plain HTTP: health checks are not redirected.
     server = Server(env, tmp_path / "production.log", args=["--proxy-headers"])
     try:

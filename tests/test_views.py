@@ -11,6 +11,7 @@ from channels.testing import HttpCommunicator
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.test import Client
+from django.utils import timezone
 
 from chat import services
 from chat.identity import Identity, author_id_for, guest_name_for
@@ -19,8 +20,27 @@ from chat.models import VisitorSettings
 pytestmark = pytest.mark.django_db
 
 
+DAY = 24 * 3600
+
+
 def session_id_of(client: Client) -> uuid.UUID:
     return uuid.UUID(client.session["session_id"])
+
+
+def page_config(response) -> dict:
+    html = response.content.decode()
+    return json.loads(html.split('<script id="chat-config" type="application/json">')[1].split("</script>")[0])
+
+
+def keep_session(client: Client):
+    """What chat.js does once its socket opened, on a page-only session."""
+    response = client.post("/socket-opened?keep=1")
+    assert response.status_code == 200 and response.json()["kept"] is True
+    return response
+
+
+def expires_in(client: Client) -> float:
+    return (Session.objects.get(pk=client.session.session_key).expire_date - timezone.now()).total_seconds()
 
 
 def test_root_redirects_to_the_lobby(client):
@@ -38,13 +58,16 @@ def test_bad_room_names_are_404(client, room):
     assert client.get(f"/chat/{room}/").status_code == 404
 
 
-def test_first_view_sets_a_long_lived_httponly_lax_cookie(client):
+def test_first_view_sets_an_httponly_lax_cookie_for_a_day(client):
     response = client.get("/chat/lobby/")
     cookie = response.cookies["sessionid"]
     assert cookie["httponly"] and cookie["samesite"] == "Lax"
-    assert int(cookie["max-age"]) == 400 * 24 * 3600
+    # A page view alone: the session and its cookie live a day (chat.sessions)
+    # until the browser opens a socket.
+    assert int(cookie["max-age"]) == DAY
     assert not cookie["secure"]
     assert session_id_of(client)
+    assert page_config(response)["session_kept"] is False
 
 
 def test_cookie_is_secure_over_https(client):
@@ -67,6 +90,7 @@ def test_cookie_is_secure_over_https_ended_at_a_trusted_proxy(client, settings):
 def test_session_id_is_stable_across_views_and_refreshed_daily(client):
     client.get("/chat/lobby/")
     first = session_id_of(client)
+    keep_session(client)
     response = client.get("/chat/other/")
     assert session_id_of(client) == first
     assert "sessionid" not in response.cookies  # nothing changed: no write, no new cookie
@@ -74,7 +98,7 @@ def test_session_id_is_stable_across_views_and_refreshed_daily(client):
     session["refreshed_on"] = "2000-01-01"
     session.save()
     response = client.get("/chat/lobby/")
-    assert int(response.cookies["sessionid"]["max-age"]) == 400 * 24 * 3600  # re-sent, fresh expiry
+    assert int(response.cookies["sessionid"]["max-age"]) == 400 * DAY  # re-sent, fresh expiry
     assert session_id_of(client) == first
 
 
@@ -104,6 +128,60 @@ def test_query_counts_of_a_first_and_a_returning_page_view(client, data_queries)
     # the session, the settings lookup, the newest 50; nothing written
     assert returning.count == 3, returning.statements
     assert not any(sql.startswith(("INSERT", "UPDATE")) for sql in returning.statements)
+
+
+def test_a_page_only_session_lives_a_day_and_a_socket_keeps_it_for_the_cookie_age(client, data_queries):
+    client.get("/chat/lobby/")
+    assert DAY - 60 < expires_in(client) <= DAY
+    assert page_config(client.get("/chat/lobby/"))["session_kept"] is False  # views alone keep nothing
+    first = session_id_of(client)
+    with data_queries() as keeping:
+        response = keep_session(client)
+    # the session, then its new expiry: once per browser
+    assert keeping.count == 2, keeping.statements
+    assert keeping.statements[-1].startswith('UPDATE "django_session"')
+    assert int(response.cookies["sessionid"]["max-age"]) == 400 * DAY
+    assert 400 * DAY - 60 < expires_in(client) <= 400 * DAY
+    assert session_id_of(client) == first
+    assert page_config(client.get("/chat/lobby/"))["session_kept"] is True
+    with data_queries() as again:
+        response = keep_session(client)  # a tab that did not know yet: read, nothing written
+    assert again.count == 1 and "sessionid" not in response.cookies
+    with data_queries() as plain:
+        response = client.post("/socket-opened")  # every other open: no query at all
+    assert plain.count == 0 and response.json()["kept"] is None
+
+
+def test_socket_opened_names_the_current_script_and_is_never_cached(client):
+    response = client.post("/socket-opened")
+    assert response.json()["script"] == "/static/chat/chat.js"  # plain names in tests; hashed: test_static.py
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_socket_opened_creates_no_session(client):
+    response = client.post("/socket-opened?keep=1")
+    assert response.status_code == 200 and response.json()["kept"] is False
+    assert "sessionid" not in response.cookies and not Session.objects.exists()
+    client.cookies["sessionid"] = "x" * 32  # an unknown key
+    assert client.post("/socket-opened?keep=1").json()["kept"] is False
+    assert not Session.objects.exists()
+    assert client.get("/socket-opened").status_code == 405
+
+
+def test_signing_in_keeps_the_session(client):
+    client.get("/admin/login/")
+    assert client.session["page_only"] is True
+    User.objects.create_superuser("staff", password="pw")
+    client.post("/admin/login/", {"username": "staff", "password": "pw", "next": "/admin/"})
+    assert client.session["_auth_user_id"]
+    assert "page_only" not in client.session
+    assert expires_in(client) > 399 * DAY
+
+
+def test_the_page_is_never_cached(client):
+    response = client.get("/chat/lobby/")
+    assert response["Cache-Control"] == "max-age=0, no-cache, no-store, must-revalidate, private"
+    assert "Expires" in response
 
 
 def test_a_new_session_whose_key_is_taken_gets_another(monkeypatch):

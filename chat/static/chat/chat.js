@@ -260,12 +260,37 @@ function request(kind, fields) {
   }
 }
 
+// Each time a socket opens, ask the server which chat.js is current and, until
+// it says so, to keep this browser's session (a session that never opened a
+// socket lives a day: README "Housekeeping"). A tab whose script a deploy
+// replaced (the script's URL holds its content hash) reloads once nothing
+// typed or unsent would be lost; else it asks again at the next open.
+let sessionKept = config.session_kept;
+
+async function socketOpened() {
+  try {
+    const response = await fetch(`/socket-opened${sessionKept ? "" : "?keep=1"}`, { method: "POST" });
+    if (!response.ok) return;
+    const answer = await response.json();
+    if (answer.kept) sessionKept = true;
+    const replaced = new URL(answer.script, location.href).href !== import.meta.url;
+    const idle = !state.pending.size && !els.input.value && state.wantedName === null && els.name.value === state.username;
+    if (replaced && idle) {
+      setStatus("reloading");
+      location.reload();
+    }
+  } catch {
+    // Asked again when the next socket opens.
+  }
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}/ws/chat/${config.room}/`);
   state.socket = socket;
   state.requests = [];
   setStatus(state.attempt ? "reconnecting" : "connecting");
+  socket.addEventListener("open", socketOpened);
   socket.addEventListener("message", (event) => {
     let frame;
     try { frame = JSON.parse(event.data); } catch { return; }
