@@ -187,7 +187,7 @@ async def test_a_chat_flood_over_ten_tabs_is_cut_to_the_token_bucket(default_lim
         if n % 40 == 0:  # Grace chats in the middle of it
             await watcher.send({"type": "chat", "text": f"grace {n}", "client_id": f"g{n}"})
     replies: dict[str, dict] = {}
-    for tab, mine in zip(tabs, sent):
+    for tab, mine in zip(tabs, sent, strict=True):
         replies |= await answers(tab, mine)
     elapsed = time.monotonic() - started
 
@@ -196,9 +196,7 @@ async def test_a_chat_flood_over_ten_tabs_is_cut_to_the_token_bucket(default_lim
     assert len(accepted) + len(refused) == 200
     assert all(f["code"] == "rate_limited" and f["retry_after"] > 0 for f in refused)
     assert BURST <= len(accepted) <= BURST + RATE * elapsed + 1
-    stored = await database_sync_to_async(
-        lambda: dict(Message.objects.values_list("client_id", "pk"))
-    )()
+    stored = await database_sync_to_async(lambda: dict(Message.objects.values_list("client_id", "pk")))()
     assert {cid for cid in stored if cid.startswith("f")} == accepted
 
     # Grace was not limited, and saw every stored message, hers and Ada's.
