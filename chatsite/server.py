@@ -56,8 +56,10 @@ logger = logging.getLogger("chat.server")
 # GHSA-rrc9-mx66-ffcm).
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 DAPHNE_LIMIT_ARGS = (
-    "--websocket-max-message-size", str(MAX_CLIENT_MESSAGE_BYTES),
-    "--websocket-max-frame-size", str(MAX_CLIENT_MESSAGE_BYTES),
+    "--websocket-max-message-size",
+    str(MAX_CLIENT_MESSAGE_BYTES),
+    "--websocket-max-frame-size",
+    str(MAX_CLIENT_MESSAGE_BYTES),
 )
 
 

@@ -78,11 +78,7 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------
 # DATABASE_URL unset: a SQLite file next to manage.py.
-DATABASES = {
-    "default": env.db_url(
-        "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
-    )
-}
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes the write lock at BEGIN, so two writers wait for each
     # other instead of failing with "database is locked" half-way through.

@@ -11,6 +11,7 @@ live while the request was on its way), and counts such repeats.
 """
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections import Counter
@@ -38,6 +39,7 @@ class ChatClient:
         self.people = People()  # the room's people, as this tab shows them
         self.connected = asyncio.Event()
         self.welcomes = 0
+        self._resending: set[asyncio.Future[None]] = set()
         self._ws: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -47,10 +49,8 @@ class ChatClient:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def say(self, text: str) -> str:
         """Send a chat message (now, or on the next welcome); return its client_id."""
@@ -61,10 +61,8 @@ class ChatClient:
 
     async def _send(self, frame: dict[str, Any]) -> None:
         if self._ws is not None and self.connected.is_set():
-            try:
+            with contextlib.suppress(websockets.ConnectionClosed):  # sent again after the next welcome
                 await self._ws.send(json.dumps(frame))
-            except websockets.ConnectionClosed:
-                pass  # sent again after the next welcome
 
     async def _run(self) -> None:
         turn = 0
@@ -75,7 +73,7 @@ class ChatClient:
                     self._ws = ws
                     async for raw in ws:
                         await self._on_frame(json.loads(raw))
-            except (OSError, websockets.WebSocketException, asyncio.TimeoutError):
+            except (TimeoutError, OSError, websockets.WebSocketException):
                 pass
             self.connected.clear()
             self._ws = None
@@ -111,9 +109,7 @@ class ChatClient:
             self.errors[frame["code"]] += 1
             client_id = frame.get("client_id")
             if client_id in self.pending and frame["code"] in ("unavailable", "rate_limited"):
-                asyncio.get_running_loop().call_later(
-                    frame.get("retry_after", 0.5), self._resend, client_id
-                )
+                asyncio.get_running_loop().call_later(frame.get("retry_after", 0.5), self._resend, client_id)
 
     async def _resend_pending(self) -> None:
         for client_id, text in list(self.pending.items()):
@@ -121,9 +117,12 @@ class ChatClient:
 
     def _resend(self, client_id: str) -> None:
         if client_id in self.pending:
-            asyncio.ensure_future(
-                self._send({"type": "chat", "text": self.pending[client_id], "client_id": client_id})
+            self._resending.add(
+                task := asyncio.ensure_future(
+                    self._send({"type": "chat", "text": self.pending[client_id], "client_id": client_id})
+                )
             )
+            task.add_done_callback(self._resending.discard)
 
     def _record(self, message: dict[str, Any]) -> bool:
         """Show a message unless shown already; True if it is new."""

@@ -19,9 +19,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from chat import ratelimit
+from chat.identity import ensure_session_id
 from chat.realtime import presence_store
 from chat.sessions import SessionStore
-from chat.identity import ensure_session_id
 from tests.servers import NGINX, Server, manage, server_environment
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

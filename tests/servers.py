@@ -77,7 +77,12 @@ def server_environment(tmp_path: Path) -> dict[str, str]:
 def manage(env: dict[str, str], *args: str) -> str:
     """Run ``manage.py`` with ``args`` in ``env``; return what it printed."""
     done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if done.returncode:
         raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
@@ -117,17 +122,25 @@ class Server:
     ``program`` is ``python -m chatsite.server`` unless a test says otherwise.
     """
 
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None, args: Sequence[str] = (),
-                 program: Sequence[str] = CHAT_SERVER) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        program: Sequence[str] = CHAT_SERVER,
+    ) -> None:
         self.port = port or free_port()
         # A file, not a pipe: an unread pipe fills up and blocks the server.
         self.log_path = log
         self.log = log.open("ab")
         self.base = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*program, "-b", "127.0.0.1", "-p", str(self.port),
-             *DAPHNE_LIMIT_ARGS, *args, "chatsite.asgi:application"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [*program, "-b", "127.0.0.1", "-p", str(self.port), *DAPHNE_LIMIT_ARGS, *args, "chatsite.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until_up(self.process, self._healthy, "daphne", log)
@@ -148,8 +161,9 @@ class Server:
             cookie = SimpleCookie(response.headers["Set-Cookie"])
         return cookie["sessionid"].value
 
-    def ws(self, session: str | None, room: str = "lobby", origin: str | None = None,
-           headers: dict[str, str] | None = None):
+    def ws(
+        self, session: str | None, room: str = "lobby", origin: str | None = None, headers: dict[str, str] | None = None
+    ):
         headers = {**(headers or {}), **({"Cookie": f"sessionid={session}"} if session else {})}
         return websockets.connect(
             f"ws://127.0.0.1:{self.port}/ws/chat/{room}/",
@@ -224,7 +238,8 @@ class Nginx:
             raise RuntimeError(f"nginx -t refused the configuration:\n{checked.stderr}")
         self.process = subprocess.Popen(
             [*command, "-g", f"daemon off; pid {directory / 'nginx.pid'};"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until_up(self.process, self._listening, "nginx", self.error_log)
 
@@ -302,5 +317,5 @@ async def drain(ws, quiet: float = 1.5) -> list[dict]:
     try:
         while True:
             frames.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return frames

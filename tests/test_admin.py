@@ -106,9 +106,7 @@ def test_search_by_name_and_session_id(staff_client, row):
 
 
 def test_edit_name_normalizes_and_saves(staff_client, row):
-    response = staff_client.post(
-        f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": "  Ada   King  "}
-    )
+    response = staff_client.post(f"/admin/chat/visitorsettings/{row.pk}/change/", {"username": "  Ada   King  "})
     assert response.status_code == 302
     assert VisitorSettings.objects.get(pk=row.pk).username == "Ada King"
 
@@ -155,9 +153,7 @@ async def test_an_added_then_edited_row_reaches_the_browsers_open_tab(staff_clie
 
 @pytest.mark.parametrize("bad", ["", "x" * 33, "evil\u202eeman"])
 def test_add_with_an_invalid_name_is_refused_and_nothing_is_written(staff_client, bad):
-    response = staff_client.post(
-        "/admin/chat/visitorsettings/add/", {"session_id": str(uuid.uuid4()), "username": bad}
-    )
+    response = staff_client.post("/admin/chat/visitorsettings/add/", {"session_id": str(uuid.uuid4()), "username": bad})
     assert response.status_code == 200 and "errorlist" in response.content.decode()
     assert not VisitorSettings.objects.exists()
 
@@ -206,5 +202,7 @@ def test_messages_search_and_delete(staff_client):
     assert "keep me" not in staff_client.get("/admin/chat/message/?q=other").content.decode()
     # Messages are read-only: there is no add form.
     assert staff_client.get("/admin/chat/message/add/").status_code == 403
-    staff_client.post("/admin/chat/message/", {"action": "delete_selected", "_selected_action": [drop.pk], "post": "yes"})
+    staff_client.post(
+        "/admin/chat/message/", {"action": "delete_selected", "_selected_action": [drop.pk], "post": "yes"}
+    )
     assert list(Message.objects.values_list("pk", flat=True)) == [keep.pk]

@@ -42,8 +42,10 @@ def hasher_runs():
     password of an unknown user too, so that timing does not tell) call
     these two, which run the configured hasher.
     """
-    with mock.patch.object(base_user, "check_password", wraps=base_user.check_password) as check, \
-            mock.patch.object(base_user, "make_password", wraps=base_user.make_password) as make:
+    with (
+        mock.patch.object(base_user, "check_password", wraps=base_user.check_password) as check,
+        mock.patch.object(base_user, "make_password", wraps=base_user.make_password) as make,
+    ):
         yield lambda: check.call_count + make.call_count
 
 
@@ -88,7 +90,7 @@ def test_a_successful_login_clears_the_count(staff):
 
 
 def test_the_lockout_ends_after_the_cooloff(staff):
-    assert settings.AXES_COOLOFF_TIME == timedelta(minutes=15)
+    assert timedelta(minutes=15) == settings.AXES_COOLOFF_TIME
     for _ in range(6):
         sign_in(GUESSER, "admin", "guess")
     assert sign_in(GUESSER, "admin", "right-pw").status_code == 429

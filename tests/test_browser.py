@@ -26,8 +26,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.django_db(tra
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 # Flags for a root user on a machine with no GPU and a closed network.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 expect.set_options(timeout=5_000)
@@ -359,10 +364,10 @@ def test_html_script_and_bidi_show_as_plain_text(new_browser):
         text = page.get_by_test_id("message-text").first
         assert text.evaluate("el => getComputedStyle(el).unicodeBidi") == "isolate"
 
-    check(page)      # rendered by the client
+    check(page)  # rendered by the client
     page.reload()
     expect(status(page)).to_have_text("connected")
-    check(page)      # rendered by the server
+    check(page)  # rendered by the server
     screenshot(page, "hostile-text")
 
     # A bidi override in a name is refused, and the name stays as it was.
@@ -399,8 +404,15 @@ def test_a_name_edited_in_the_admin_changes_live_in_the_visitors_tab(new_browser
     visitor = open_room(new_browser())
     rename(visitor, "Vera Visitor")
 
-    manage({**server_env, "DJANGO_SUPERUSER_PASSWORD": "staff-pass-123"},
-           "createsuperuser", "--noinput", "--username", "staff", "--email", "staff@example.com")
+    manage(
+        {**server_env, "DJANGO_SUPERUSER_PASSWORD": "staff-pass-123"},
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        "staff",
+        "--email",
+        "staff@example.com",
+    )
     staff = new_browser().new_page()
     staff.goto("/admin/login/?next=/admin/chat/visitorsettings/")
     staff.fill("#id_username", "staff")

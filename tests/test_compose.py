@@ -48,7 +48,11 @@ def compose_config(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     empty.write_text("")
     return subprocess.run(
         [COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(empty), "config"],
-        cwd=ROOT, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -124,8 +128,14 @@ def test_the_image_runs_as_a_user_of_its_own_with_a_health_check():
 
 
 def test_the_health_check_fails_when_nothing_answers():
-    done = subprocess.run([sys.executable, "-m", "chatsite.healthcheck"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PORT": str(free_port())}, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "chatsite.healthcheck"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PORT": str(free_port())},
+        timeout=30,
+    )
     assert done.returncode == 1 and "/healthz" in done.stdout
 
 
@@ -154,26 +164,35 @@ class Stack:
                 host = urlsplit(env[name]).hostname
                 assert host in ("postgres", "redis"), env[name]
                 env[name] = url
-        return {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "STATIC_ROOT": str(self.static_root),
-                **image_env(), **self.isolation, **env, **extra}
+        return {
+            "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+            "STATIC_ROOT": str(self.static_root),
+            **image_env(),
+            **self.isolation,
+            **env,
+            **extra,
+        }
 
     def build(self) -> None:
         """The image's build steps that run the app (collectstatic), into this test's STATIC_ROOT."""
         for run in instruction("RUN"):
             if "manage.py" in run:
-                done = subprocess.run(["sh", "-c", run], cwd=ROOT, env=self.env("migrate"),
-                                      capture_output=True, text=True, timeout=120)
+                done = subprocess.run(
+                    ["sh", "-c", run], cwd=ROOT, env=self.env("migrate"), capture_output=True, text=True, timeout=120
+                )
                 assert done.returncode == 0, done.stderr
 
     def run(self, service: str, command: list[str], **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=ROOT, env=self.env(service, **extra), capture_output=True, text=True,
-                              timeout=120)
+        return subprocess.run(
+            command, cwd=ROOT, env=self.env(service, **extra), capture_output=True, text=True, timeout=120
+        )
 
     def start(self, service: str, command: list[str], **extra: str) -> tuple[subprocess.Popen, Path]:
         log = self.tmp / f"{service}.log"
         with log.open("ab") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=self.env(service, **extra), stdout=out,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env(service, **extra), stdout=out, stderr=subprocess.STDOUT
+            )
         self.processes.append(process)
         return process, log
 
@@ -212,8 +231,13 @@ async def test_the_compose_stack_as_processes_serves_a_chat_through_nginx(tmp_pa
     try:
         # postgres and redis: this machine's, probed with their own checks.
         db = urlsplit(stack.database_url)
-        stack.healthy("postgres", config["services"]["postgres"]["healthcheck"]["test"], 20,
-                      PGHOST=db.hostname, PGPORT=str(db.port or 5432))
+        stack.healthy(
+            "postgres",
+            config["services"]["postgres"]["healthcheck"]["test"],
+            20,
+            PGHOST=db.hostname,
+            PGPORT=str(db.port or 5432),
+        )
         redis_url = urlsplit(stack.redis_url)
         kind, *command = config["services"]["redis"]["healthcheck"]["test"]
         # A container's redis-cli finds Redis on its own localhost; here, on the test's.
@@ -269,15 +293,20 @@ async def test_the_compose_stack_as_processes_serves_a_chat_through_nginx(tmp_pa
                 assert response.headers["Content-Encoding"] == "br"
 
         def socket(session: str):
-            return websockets.connect(f"ws://localhost:{port}/ws/chat/lobby/", origin=base, open_timeout=10,
-                                      additional_headers={"Cookie": f"sessionid={session}"})
+            return websockets.connect(
+                f"ws://localhost:{port}/ws/chat/lobby/",
+                origin=base,
+                open_timeout=10,
+                additional_headers={"Cookie": f"sessionid={session}"},
+            )
 
         async with socket(sessions[0]) as ada, socket(sessions[1]) as grace:
             await recv(ada, "welcome")
             await recv(grace, "welcome")
             for session in sessions:  # what chat.js then asks: keep my session
-                request = urllib.request.Request(f"{base}/socket-opened?keep=1", method="POST",
-                                                 headers={"Cookie": f"sessionid={session}"})
+                request = urllib.request.Request(
+                    f"{base}/socket-opened?keep=1", method="POST", headers={"Cookie": f"sessionid={session}"}
+                )
                 with urllib.request.urlopen(request, timeout=10) as response:
                     assert json.load(response)["kept"] is True
             await ada.send(json.dumps({"type": "chat", "text": "through the compose stack", "client_id": "c1"}))

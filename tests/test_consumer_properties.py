@@ -41,7 +41,8 @@ likely_valid = st.one_of(
     ),
     st.builds(
         lambda before, limit: {"type": "history", "before": before} | ({"limit": limit} if limit else {}),
-        st.one_of(st.none(), st.integers(-1, 2**64)), st.one_of(st.none(), st.integers(0, 101)),
+        st.one_of(st.none(), st.integers(-1, 2**64)),
+        st.one_of(st.none(), st.integers(0, 101)),
     ),
     st.builds(lambda after: {"type": "resume", "after": after}, st.integers(-1, 2**64)),
 )
@@ -51,7 +52,9 @@ UNSOLICITED = {"presence", "presence_diff", "renamed"}
 
 def stored() -> tuple[list[tuple], list[tuple]]:
     """Everything the chat stores that a frame could change."""
-    messages = list(Message.objects.order_by("pk").values_list("pk", "room_id", "author_id", "username", "text", "client_id"))
+    messages = list(
+        Message.objects.order_by("pk").values_list("pk", "room_id", "author_id", "username", "text", "client_id")
+    )
     names = list(VisitorSettings.objects.order_by("pk").values_list("session_id", "username"))
     return messages, names
 
@@ -173,7 +176,8 @@ def test_every_frame_gets_the_contract_answer_and_changes_only_what_it_may(socke
     examples = 0
 
     @hypothesis_settings(
-        max_examples=200, deadline=None,
+        max_examples=200,
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(st.one_of(frames, likely_valid))

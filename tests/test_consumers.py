@@ -6,6 +6,7 @@ these run over the Redis channel layer, presence and rate limits.
 """
 
 import asyncio
+import itertools
 import json
 import uuid
 
@@ -14,9 +15,9 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
 from chat import services
-from chat.realtime.hub import get_hub
 from chat.identity import author_id_for, guest_name_for
 from chat.models import Message, VisitorSettings
+from chat.realtime.hub import get_hub
 from tests.conftest import make_session
 from tests.tabs import TIMEOUT, Tab, new_browser, open_tab
 
@@ -31,12 +32,18 @@ async def test_welcome_then_presence():
     welcome = await tab.open()
     author = welcome["author_id"]
     assert welcome == {
-        "type": "welcome", "room": "lobby", "username": guest_name_for(author),
-        "author_id": author, "verified": False, "last_id": None,
+        "type": "welcome",
+        "room": "lobby",
+        "username": guest_name_for(author),
+        "author_id": author,
+        "verified": False,
+        "last_id": None,
     }
     presence = await tab.recv()
     assert presence == {
-        "type": "presence", "room": "lobby", "count": 1,
+        "type": "presence",
+        "room": "lobby",
+        "count": 1,
         "users": [{"author_id": author, "username": guest_name_for(author), "verified": False, "tabs": 1}],
     }
     await tab.close()
@@ -94,8 +101,12 @@ async def test_handshake_without_a_valid_session_closes_with_4401_and_can_do_not
     assert connected  # accepted, then closed at once (no welcome): the client reloads the page
     assert await tab.comm.receive_output(timeout=TIMEOUT) == {"type": "websocket.close", "code": 4401}
     # A client that ignores the close gets nothing done.
-    for frame in ({"type": "chat", "text": "sneaky"}, {"type": "rename", "username": "Sneaky"},
-                  {"type": "history"}, {"type": "ping"}):
+    for frame in (
+        {"type": "chat", "text": "sneaky"},
+        {"type": "rename", "username": "Sneaky"},
+        {"type": "history"},
+        {"type": "ping"},
+    ):
         await tab.send(frame)
     assert await tab.comm.receive_nothing(timeout=0.5)
     assert await other.silent()  # nobody joined the room
@@ -194,7 +205,9 @@ async def test_bad_frames_get_the_contract_error_and_change_nothing(frame, code)
     await tab.send({"type": "ping"})
     assert await tab.recv() == {"type": "pong"}
     assert await database_sync_to_async(lambda: list(Message.objects.values_list("text", flat=True)))() == ["kept"]
-    assert await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))() == ["Ada"]
+    assert await database_sync_to_async(lambda: list(VisitorSettings.objects.values_list("username", flat=True)))() == [
+        "Ada"
+    ]
     await tab.close()
 
 
@@ -410,7 +423,7 @@ async def test_a_crowd_joining_shows_up_in_a_few_diffs_at_most_one_a_second():
     assert {f["type"] for f in frames} == {"presence_diff"}
     # Changes that come close together share a frame, a second or more apart.
     assert len(frames) < 12
-    assert all(later - earlier > 0.9 for earlier, later in zip(times, times[1:]))
+    assert all(later - earlier > 0.9 for earlier, later in itertools.pairwise(times))
     assert len(watcher.people.users) == watcher.people.count == 13
     for tab in (watcher, *crowd):
         await tab.close()
@@ -451,12 +464,15 @@ async def test_staff_rename_and_delete_reach_open_tabs_live():
     tab = await open_tab(session.session_key)
 
     # What the admin's save and delete call, from a sync thread as the admin does.
-    await database_sync_to_async(services.rename_visitor)(session_id=session_id, username="Renamed by staff", previous="x")
+    await database_sync_to_async(services.rename_visitor)(
+        session_id=session_id, username="Renamed by staff", previous="x"
+    )
     assert await tab.recv_type("identity") == {"type": "identity", "username": "Renamed by staff"}
 
     await database_sync_to_async(services.delete_visitor_settings)(session_ids=[session_id])
     assert await tab.recv_type("identity") == {
-        "type": "identity", "username": guest_name_for(author_id_for(session_id)),
+        "type": "identity",
+        "username": guest_name_for(author_id_for(session_id)),
     }
     await tab.close()
 

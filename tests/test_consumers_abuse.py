@@ -187,7 +187,7 @@ async def test_a_chat_flood_over_ten_tabs_is_cut_to_the_token_bucket(default_lim
         if n % 40 == 0:  # Grace chats in the middle of it
             await watcher.send({"type": "chat", "text": f"grace {n}", "client_id": f"g{n}"})
     replies: dict[str, dict] = {}
-    for tab, mine in zip(tabs, sent):
+    for tab, mine in zip(tabs, sent, strict=True):
         replies |= await answers(tab, mine)
     elapsed = time.monotonic() - started
 

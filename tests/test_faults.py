@@ -31,8 +31,12 @@ pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 # Senders here are test clients, not people: let them send as fast as the
 # test needs (the rate limit has tests of its own).
-FAST = {"CHAT_RATE_BURST": "10000", "CHAT_RATE_PER_SECOND": "10000",
-        "CHAT_FRAME_RATE_BURST": "10000", "CHAT_FRAME_RATE_PER_SECOND": "10000"}
+FAST = {
+    "CHAT_RATE_BURST": "10000",
+    "CHAT_RATE_PER_SECOND": "10000",
+    "CHAT_FRAME_RATE_BURST": "10000",
+    "CHAT_FRAME_RATE_PER_SECOND": "10000",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +149,8 @@ async def test_redis_restarted_mid_conversation_loses_nothing(server_env, tmp_pa
         # must catch up by themselves once the layer delivers again.
         await eventually(lambda: all(not c.pending for c in clients), 20, "every message acknowledged")
         await eventually(
-            lambda: all(len([i for i in c.shown if i > since]) == said for c in clients), 20,
+            lambda: all(len([i for i in c.shown if i > since]) == said for c in clients),
+            20,
             "every client has every message",
         )
         # And the conversation goes on.
@@ -153,7 +158,8 @@ async def test_redis_restarted_mid_conversation_loses_nothing(server_env, tmp_pa
             await client.say("after the outage")
         said += len(clients)
         await eventually(
-            lambda: all(len([i for i in c.shown if i > since]) == said for c in clients), 20,
+            lambda: all(len([i for i in c.shown if i > since]) == said for c in clients),
+            20,
             "every client has the messages sent after the outage",
         )
         stored = await asyncio.to_thread(stored_ids, env["DATABASE_URL"])
@@ -165,8 +171,7 @@ async def test_redis_restarted_mid_conversation_loses_nothing(server_env, tmp_pa
         # themselves back, so a newcomer sees all four people.
         newcomer = ChatClient([one], one.browser())
         newcomer.start()
-        await eventually(lambda: len(newcomer.people.users) == 5, 15,
-                         "presence restored after the restart")
+        await eventually(lambda: len(newcomer.people.users) == 5, 15, "presence restored after the restart")
         await newcomer.stop()
     finally:
         for client in clients:
@@ -242,7 +247,8 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
         stored = await asyncio.to_thread(stored_ids, env["DATABASE_URL"])
         assert len([i for i in stored if i > since]) == said
         await eventually(
-            lambda: all(len([i for i in c.shown if i > since]) == said for c in [talker, *movers]), 20,
+            lambda: all(len([i for i in c.shown if i > since]) == said for c in [talker, *movers]),
+            20,
             "every client has every message",
         )
         assert_each_got_everything_once([talker, *movers], stored, since)
@@ -250,9 +256,9 @@ async def test_a_killed_server_s_clients_resume_on_another_with_no_gap(server_en
         # Presence forgets the dead process's tabs within the expiry: the
         # browser that died with it is gone, the movers have one tab each.
         await eventually(
-            lambda: len(talker.people.users) == 4
-            and all(u["tabs"] == 1 for u in talker.people.users),
-            ttl * 3, "the dead tabs expired from presence",
+            lambda: len(talker.people.users) == 4 and all(u["tabs"] == 1 for u in talker.people.users),
+            ttl * 3,
+            "the dead tabs expired from presence",
         )
         assert time.monotonic() - killed_at < ttl * 3
         assert survivor.process.poll() is None
@@ -291,8 +297,11 @@ async def test_a_long_catch_up_with_live_messages_meanwhile_skips_nothing(server
         await chatting
         await eventually(lambda: not talker.pending, 20, "every message acknowledged")
         stored = await asyncio.to_thread(stored_ids, env["DATABASE_URL"])
-        await eventually(lambda: len([i for i in away.shown if i > since]) == len([i for i in stored if i > since]),
-                         20, "the returning tab has every message")
+        await eventually(
+            lambda: len([i for i in away.shown if i > since]) == len([i for i in stored if i > since]),
+            20,
+            "the returning tab has every message",
+        )
         assert_each_got_everything_once([away], stored, since)
     finally:
         for client in (away, talker):

@@ -15,15 +15,33 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_the_environ_carries_the_request_as_wsgi_expects():
     scope = {
-        "type": "http", "method": "POST", "path": "/chat/lobby/", "query_string": b"a=1&b=%C3%A9",
-        "http_version": "1.1", "scheme": "https", "server": ("chat.example.com", 443), "client": ("10.0.0.7", 5050),
-        "headers": [(b"host", b"chat.example.com"), (b"content-type", b"application/x-www-form-urlencoded"),
-                    (b"content-length", b"3"), (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+        "type": "http",
+        "method": "POST",
+        "path": "/chat/lobby/",
+        "query_string": b"a=1&b=%C3%A9",
+        "http_version": "1.1",
+        "scheme": "https",
+        "server": ("chat.example.com", 443),
+        "client": ("10.0.0.7", 5050),
+        "headers": [
+            (b"host", b"chat.example.com"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", b"3"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+        ],
     }
     environ = environ_for(scope, b"x=1")
     assert (environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["QUERY_STRING"]) == (
-        "POST", "/chat/lobby/", "a=1&b=%C3%A9")
-    assert (environ["wsgi.url_scheme"], environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("https", "chat.example.com", "443")
+        "POST",
+        "/chat/lobby/",
+        "a=1&b=%C3%A9",
+    )
+    assert (environ["wsgi.url_scheme"], environ["SERVER_NAME"], environ["SERVER_PORT"]) == (
+        "https",
+        "chat.example.com",
+        "443",
+    )
     assert environ["REMOTE_ADDR"] == "10.0.0.7"
     assert (environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"]) == ("application/x-www-form-urlencoded", "3")
     assert environ["HTTP_COOKIE"] == "a=1,b=2"  # repeated headers joined, as WSGI servers do

@@ -70,8 +70,11 @@ async def test_an_opened_tab_gets_its_welcome_then_the_rooms_people():
 async def test_one_event_reaches_every_local_tab_in_the_room_and_no_other():
     hub = RoomHub(get_channel_layer())
     lobby, also_lobby, elsewhere = Socket(), Socket(), Socket()
-    tabs = [await opened(hub, "lobby", lobby), await opened(hub, "lobby", also_lobby),
-            await opened(hub, "other", elsewhere)]
+    tabs = [
+        await opened(hub, "lobby", lobby),
+        await opened(hub, "lobby", also_lobby),
+        await opened(hub, "other", elsewhere),
+    ]
     await shown("lobby", "hello")
     await until(lambda: lobby.texts() and also_lobby.texts())
     assert lobby.texts() == also_lobby.texts() == ["hello"]

@@ -16,9 +16,8 @@ from django.db import OperationalError
 
 from chat import services
 from tests.conftest import make_session
-from tests.servers import manage
+from tests.servers import closed_with, drain, manage, recv
 from tests.tabs import Tab, new_browser, open_tab
-from tests.servers import closed_with, drain, recv
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,9 +73,15 @@ async def test_a_rate_limited_frame_is_logged(chat_log, settings):
     await tab.recv_type("chat")
     await tab.send({"type": "chat", "text": "second"})
     assert (await tab.recv_type("error"))["code"] == "rate_limited"
-    assert [line for line in lines(chat_log) if "code=rate_limited" in line] == [
-        line for line in lines(chat_log) if line.startswith("frame rejected room=lobby code=rate_limited action=chat")
-    ] != []
+    assert (
+        [line for line in lines(chat_log) if "code=rate_limited" in line]
+        == [
+            line
+            for line in lines(chat_log)
+            if line.startswith("frame rejected room=lobby code=rate_limited action=chat")
+        ]
+        != []
+    )
     await tab.close()
 
 
@@ -122,7 +127,9 @@ async def test_no_record_holds_a_text_a_session_key_or_a_session_id(chat_log):
 async def test_the_server_log_file_holds_no_cookie_text_or_session_id(server, server_env):
     cookie = server.browser()
     session_id = manage(
-        server_env, "shell", "-c",
+        server_env,
+        "shell",
+        "-c",
         f"from django.contrib.sessions.backends.db import SessionStore; print(SessionStore({cookie!r})['session_id'])",
     ).split()[-1]
     uuid.UUID(session_id)

@@ -28,8 +28,9 @@ def site(settings) -> None:
     settings.SECURE_PROXY_SSL_HEADER = None
 
 
-def scope(origin: str | list[str] | None, host: str | None = "localhost:8000", scheme: str | None = None,
-          **headers: str) -> dict:
+def scope(
+    origin: str | list[str] | None, host: str | None = "localhost:8000", scheme: str | None = None, **headers: str
+) -> dict:
     """A websocket scope as daphne builds it (daphne leaves ``scheme`` out)."""
     pairs = [(b"origin", value.encode("latin1")) for value in ([origin] if isinstance(origin, str) else origin or [])]
     if host is not None:
@@ -134,8 +135,13 @@ def test_trusted_origins_are_let_in_exactly(settings):
     backend = {"host": "chat-backend:8000", "scheme": None}
     assert refusal(scope("https://chat.example.com", **backend)) is None
     assert refusal(scope("https://chat.example.com:443", **backend)) is None
-    for origin in ["http://chat.example.com", "https://chat.example.com:8443", "https://sub.chat.example.com",
-                   "https://chat.example.com.evil.example", "https://a.example.org"]:  # no wildcards
+    for origin in [
+        "http://chat.example.com",
+        "https://chat.example.com:8443",
+        "https://sub.chat.example.com",
+        "https://chat.example.com.evil.example",
+        "https://a.example.org",
+    ]:  # no wildcards
         assert refusal(scope(origin, **backend)) == "Origin is not this site", origin
     # A trusted origin does not make a foreign Host acceptable.
     assert refusal(scope("https://chat.example.com", "evil.example")) == "Host not in ALLOWED_HOSTS"
@@ -172,8 +178,9 @@ async def test_only_websockets_are_guarded():
 # --- Through the ASGI application --------------------------------------------------
 
 
-async def handshake(origin: bytes | None, host: bytes, *, scheme: str | None = None,
-                    cookie: str | None = None) -> WebsocketCommunicator:
+async def handshake(
+    origin: bytes | None, host: bytes, *, scheme: str | None = None, cookie: str | None = None
+) -> WebsocketCommunicator:
     headers = [(b"host", host)]
     if origin is not None:
         headers.append((b"origin", origin))

@@ -17,18 +17,28 @@ def sent(feed: PresenceFeed, now: float) -> list[tuple[list[str], dict]]:
 def test_a_tab_gets_a_snapshot_then_one_merged_diff_per_second():
     feed = PresenceFeed("lobby")
     snapshot = json.loads(feed.snapshot("t1", RoomPeople(1, 1, 1, (ADA,)), now=0.0))
-    assert snapshot == {"type": "presence", "room": "lobby", "count": 1,
-                        "users": [{"author_id": ADA.author_id, "username": "Ada", "verified": False, "tabs": 1}]}
+    assert snapshot == {
+        "type": "presence",
+        "room": "lobby",
+        "count": 1,
+        "users": [{"author_id": ADA.author_id, "username": "Ada", "verified": False, "tabs": 1}],
+    }
     feed.learn(RoomPeople(2, 2, 2, (ADA, GRACE)))
     assert sent(feed, 0.5) == []  # too soon after the snapshot
     feed.learn(RoomPeople(3, 3, 3, (ADA, GRACE, LIN)))
     feed.learn(RoomPeople(4, 2, 4, (GRACE, LIN)))
     [(tabs, frame)] = sent(feed, PRESENCE_INTERVAL)
     assert tabs == ["t1"]
-    assert frame == {"type": "presence_diff", "room": "lobby", "count": 2,
-                     "joined": [{"author_id": GRACE.author_id, "username": "Grace", "verified": True, "tabs": 1},
-                                {"author_id": LIN.author_id, "username": "Lin", "verified": False, "tabs": 1}],
-                     "left": [ADA.author_id]}
+    assert frame == {
+        "type": "presence_diff",
+        "room": "lobby",
+        "count": 2,
+        "joined": [
+            {"author_id": GRACE.author_id, "username": "Grace", "verified": True, "tabs": 1},
+            {"author_id": LIN.author_id, "username": "Lin", "verified": False, "tabs": 1},
+        ],
+        "left": [ADA.author_id],
+    }
     assert sent(feed, 5.0) == []  # nothing changed since
 
 

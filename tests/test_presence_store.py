@@ -17,10 +17,19 @@ async def store(request, settings):
     return LocalPresence() if request.param == "local" else RedisPresence(get_redis())
 
 
-async def enter(store, socket_id: str, author_id: str = ADA, *, room: str = "r", name: str = "Ada",
-                verified: bool = False, known_list: int = -1):
-    return await store.enter(room=room, socket_id=socket_id, author_id=author_id, username=name,
-                             verified=verified, known_list=known_list)
+async def enter(
+    store,
+    socket_id: str,
+    author_id: str = ADA,
+    *,
+    room: str = "r",
+    name: str = "Ada",
+    verified: bool = False,
+    known_list: int = -1,
+):
+    return await store.enter(
+        room=room, socket_id=socket_id, author_id=author_id, username=name, verified=verified, known_list=known_list
+    )
 
 
 async def test_people_are_listed_in_the_order_they_came_with_their_tabs(store):
@@ -55,7 +64,7 @@ async def test_a_big_room_lists_the_first_hundred_and_counts_everyone(store, set
     await store.exit(room="r", socket_id="s0", author_id=authors[0])
     moved = await store.read(room="r", known_list=first.list_version)
     assert moved.list_version != first.list_version
-    assert [p.author_id for p in moved.listed] == authors[1:LISTED_MAX + 1]
+    assert [p.author_id for p in moved.listed] == authors[1 : LISTED_MAX + 1]
 
 
 async def test_versions_say_which_rooms_changed(store):

@@ -131,24 +131,41 @@ def test_chat_frame_shape():
 
 def test_server_frames():
     assert json.loads(protocol.welcome_frame(room="r", username="u", author_id="a", verified=False, last_id=None)) == {
-        "type": "welcome", "room": "r", "username": "u", "author_id": "a", "verified": False, "last_id": None,
+        "type": "welcome",
+        "room": "r",
+        "username": "u",
+        "author_id": "a",
+        "verified": False,
+        "last_id": None,
     }
     assert json.loads(protocol.identity_frame(username="u")) == {"type": "identity", "username": "u"}
     assert json.loads(protocol.renamed_frame(author_id="a", old="x", username="y")) == {
-        "type": "renamed", "author_id": "a", "old": "x", "username": "y",
+        "type": "renamed",
+        "author_id": "a",
+        "old": "x",
+        "username": "y",
     }
     people = protocol.encode_people([Person("a", "u", True, 2)])
     assert json.loads(protocol.presence_frame(room='r"', count=3, people_json=people)) == {
-        "type": "presence", "room": 'r"', "count": 3,
+        "type": "presence",
+        "room": 'r"',
+        "count": 3,
         "users": [{"author_id": "a", "username": "u", "verified": True, "tabs": 2}],
     }
     changes = PeopleDiff(count=4, joined=(Person("b", "v", False, 1),), left=("a",))
     assert json.loads(protocol.presence_diff_frame(room="r", changes=changes)) == {
-        "type": "presence_diff", "room": "r", "count": 4,
-        "joined": [{"author_id": "b", "username": "v", "verified": False, "tabs": 1}], "left": ["a"],
+        "type": "presence_diff",
+        "room": "r",
+        "count": 4,
+        "joined": [{"author_id": "b", "username": "v", "verified": False, "tabs": 1}],
+        "left": ["a"],
     }
     assert json.loads(protocol.pong_frame()) == {"type": "pong"}
     assert json.loads(protocol.error_frame("rate_limited", "slow", client_id="c", retry_after=0.5)) == {
-        "type": "error", "code": "rate_limited", "message": "slow", "client_id": "c", "retry_after": 0.5,
+        "type": "error",
+        "code": "rate_limited",
+        "message": "slow",
+        "client_id": "c",
+        "retry_after": 0.5,
     }
     assert "client_id" not in json.loads(protocol.error_frame("bad_json", "x"))

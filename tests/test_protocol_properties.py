@@ -23,14 +23,18 @@ WHITE_SPACE = " \t\n\r\v\f\u00a0\u2003\u3000"
 # Characters a hostile client likes: bidi controls, zero-width characters and
 # the BOM, C0/C1 controls, line and paragraph separators, combining marks,
 # emoji parts (ZWJ, VS16, skin tone), HTML.
-HOSTILE = list(
-    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
-    "\u200b\u200c\u200d\u2060\ufeff\u00ad"
-    "\x00\x01\x07\x08\x1b\x7f\x85\x9f"
-    "\u2028\u2029\u0301\u0308"
-    "\ufe0f\U0001f3fd\U0001f469\U0001f4bb\U0001f468\u2764"
-    "<>&\"'/"
-) + list(WHITE_SPACE) + ["<script>", "javascript:", "e\u0301", "\u212b"]
+HOSTILE = (
+    list(
+        "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+        "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+        "\x00\x01\x07\x08\x1b\x7f\x85\x9f"
+        "\u2028\u2029\u0301\u0308"
+        "\ufe0f\U0001f3fd\U0001f469\U0001f4bb\U0001f468\u2764"
+        "<>&\"'/"
+    )
+    + list(WHITE_SPACE)
+    + ["<script>", "javascript:", "e\u0301", "\u212b"]
+)
 
 chars = st.characters(exclude_categories=["Cs"])  # a JSON text from a browser holds no lone surrogates
 hostile_text = st.lists(st.one_of(chars, st.sampled_from(HOSTILE)), max_size=40).map("".join)
@@ -42,19 +46,25 @@ long_text = st.builds(
 )
 any_text = st.one_of(hostile_text, st.text())
 numbers = st.one_of(
-    st.integers(), st.integers(-2, 110), st.sampled_from([2**63 - 1, 2**63, 10**30]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, 50.0, -0.0]),
+    st.integers(),
+    st.integers(-2, 110),
+    st.sampled_from([2**63 - 1, 2**63, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 1.0, 50.0, -0.0]),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, any_text)
 json_values = st.recursive(
-    scalars, lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(any_text, children, max_size=4)),
+    scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(any_text, children, max_size=4)),
     max_leaves=12,
 )
 # Frames of a known type with each field missing, plausible or wrong: the edges of the rules.
 field_values = st.one_of(json_values, st.sampled_from([None, True, False, [], {}, "", "  "]))
 plausible = {
     "text": st.one_of(any_text, long_text),
-    "client_id": st.one_of(st.none(), st.text(min_size=1, max_size=64), hostile_text, st.text(min_size=60, max_size=70)),
+    "client_id": st.one_of(
+        st.none(), st.text(min_size=1, max_size=64), hostile_text, st.text(min_size=60, max_size=70)
+    ),
     "username": hostile_text,
     "before": st.integers(-1, 2**64),
     "limit": st.integers(-1, 102),
@@ -64,7 +74,9 @@ near_valid = st.builds(
     lambda kind, fields, extra: {"type": kind, **fields, **extra},
     # mostly a known type, sometimes anything
     st.integers(0, 9).flatmap(lambda n: st.sampled_from(TYPES) if n else st.one_of(any_text, json_values)),
-    st.fixed_dictionaries({}, optional={name: st.one_of(values, values, field_values) for name, values in plausible.items()}),
+    st.fixed_dictionaries(
+        {}, optional={name: st.one_of(values, values, field_values) for name, values in plausible.items()}
+    ),
     st.one_of(
         st.dictionaries(any_text, json_values, max_size=2),
         # an unknown field big enough to take the frame near the 16 KiB limit
@@ -72,6 +84,7 @@ near_valid = st.builds(
     ),
 )
 frames = st.one_of(json_values, near_valid, near_valid, near_valid)
+
 
 def _is_id(value: Any) -> bool:
     # Any integer >= 0: one above every stored id is still a valid bound.
@@ -103,7 +116,8 @@ def contract_codes(value: Any) -> set[str]:
     if kind == "chat":
         client_id = value.get("client_id")
         if client_id is not None and not (
-            isinstance(client_id, str) and 1 <= len(client_id) <= 64
+            isinstance(client_id, str)
+            and 1 <= len(client_id) <= 64
             and not any(unicodedata.category(c) == "Cc" for c in client_id)
         ):
             codes.add("invalid_request")
@@ -218,7 +232,10 @@ names = st.one_of(
     # around the 32-character limit, with white space to trim and fold
     st.builds(
         lambda pad, word, n, gap: pad + gap.join([word] * n) + pad,
-        st.sampled_from(["", " ", "\t"]), st.text(min_size=1, max_size=3), st.integers(1, 34), st.sampled_from(["", " ", "  "]),
+        st.sampled_from(["", " ", "\t"]),
+        st.text(min_size=1, max_size=3),
+        st.integers(1, 34),
+        st.sampled_from(["", " ", "  "]),
     ),
 )
 
@@ -237,9 +254,13 @@ def test_every_name_the_parser_accepts_keeps_the_rules(raw):
         # character, or nothing visible (only separators, marks, fillers).
         folded = " ".join(unicodedata.normalize("NFC", raw).split())
         visible = [c for c in folded if unicodedata.category(c)[0] not in "ZMC" and c not in FILLERS]
-        assert not folded or len(folded) > 32 or not visible or any(
-            unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in folded
-        ) or any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in raw)
+        assert (
+            not folded
+            or len(folded) > 32
+            or not visible
+            or any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in folded)
+            or any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in raw)
+        )
     else:
         check_username_rules(result.username)
         assert result.username == validators.check_username(raw)

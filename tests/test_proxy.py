@@ -24,7 +24,15 @@ from django.conf import settings
 from websockets.protocol import State
 
 from tests.servers import (
-    COMPOSE_UPSTREAMS, NGINX_CONF, ROOT, Nginx, Server, free_port, manage, recv, render_nginx_conf,
+    COMPOSE_UPSTREAMS,
+    NGINX_CONF,
+    ROOT,
+    Nginx,
+    Server,
+    free_port,
+    manage,
+    recv,
+    render_nginx_conf,
 )
 
 # How docker-compose.yml's replicas run (the Dockerfile's command line).
@@ -32,8 +40,9 @@ REPLICA_ARGS = ["--proxy-headers"]
 
 
 @contextmanager
-def stack(env: dict[str, str], tmp_path: Path, *, web1_args: Sequence[str] = (),
-          replace: Sequence[tuple[str, str]] = ()) -> Iterator[tuple[Server, Server, Nginx]]:
+def stack(
+    env: dict[str, str], tmp_path: Path, *, web1_args: Sequence[str] = (), replace: Sequence[tuple[str, str]] = ()
+) -> Iterator[tuple[Server, Server, Nginx]]:
     """Two replicas behind nginx, as in docker-compose.yml; all stopped afterwards."""
     env = {**env, "BEHIND_PROXY": "1"}  # as a deployment behind this proxy sets it
     started: list[Server | Nginx] = []
@@ -60,8 +69,14 @@ def load_page(nginx: Nginx, room: str = "lobby") -> tuple[str, str]:
         return response.read().decode(), cookie["sessionid"].value
 
 
-def connect(nginx: Nginx, session: str, room: str = "lobby", origin: str | None = None,
-            headers: dict[str, str] | None = None, source: str = "127.0.0.1"):
+def connect(
+    nginx: Nginx,
+    session: str,
+    room: str = "lobby",
+    origin: str | None = None,
+    headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
+):
     """Open a room's socket through nginx, as the page at ``nginx.base`` does, from address ``source``.
 
     No client pings: an idle socket carries only what the server sends.
@@ -249,8 +264,9 @@ class Client:
     def __init__(self, nginx: Nginx, source: str = "127.0.0.1") -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10, source_address=(source, 0))
 
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: str | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: str | None = None
+    ) -> tuple[int, http.client.HTTPResponse, bytes]:
         self.connection.request(method, path, body=body, headers=headers or {})
         response = self.connection.getresponse()
         return response.status, response, response.read()
@@ -314,10 +330,15 @@ async def test_websocket_opens_over_the_limit_get_429(server_env, tmp_path):
     # The mechanism on a small scale: a burst of 2 handshakes and one a
     # minute (so that the test's own pace does not matter), and (on a second
     # nginx) 2 open sockets at a time.
-    with stack(server_env, tmp_path, replace=[
-        NOT_EXEMPT, ("limit_req zone=ws_opens burst=200 nodelay;", "limit_req zone=ws_opens burst=2 nodelay;"),
-        ("zone=ws_opens:10m rate=10r/s;", "zone=ws_opens:10m rate=1r/m;"),
-    ]) as (web1, web2, nginx):
+    with stack(
+        server_env,
+        tmp_path,
+        replace=[
+            NOT_EXEMPT,
+            ("limit_req zone=ws_opens burst=200 nodelay;", "limit_req zone=ws_opens burst=2 nodelay;"),
+            ("zone=ws_opens:10m rate=10r/s;", "zone=ws_opens:10m rate=1r/m;"),
+        ],
+    ) as (web1, web2, nginx):
         _, session = load_page(nginx)
         # New sockets per second: the third handshake within the burst's time is refused.
         for _ in range(3):
@@ -333,8 +354,11 @@ async def test_websocket_opens_over_the_limit_get_429(server_env, tmp_path):
         # Open sockets at a time: the third is refused while two are open, a
         # third from another address is not, and one closing makes room.
         port = free_port()
-        conf = render_nginx_conf(port=port, upstreams=[web1.port, web2.port],
-                                 replace=[NOT_EXEMPT, ("limit_conn ws_open 1000;", "limit_conn ws_open 2;")])
+        conf = render_nginx_conf(
+            port=port,
+            upstreams=[web1.port, web2.port],
+            replace=[NOT_EXEMPT, ("limit_conn ws_open 1000;", "limit_conn ws_open 2;")],
+        )
         capped = Nginx(conf, port, tmp_path / "nginx-capped")
         try:
             async with connect(capped, session) as a, connect(capped, session) as b:
@@ -382,14 +406,24 @@ async def test_a_failed_admin_login_counts_against_the_clients_address_not_a_hea
         assert status == 200
         csrf_cookie = SimpleCookie(response.headers["Set-Cookie"])["csrftoken"].value
         token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1).decode()
-        status, _, page = client.request("POST", "/admin/login/", body=f"csrfmiddlewaretoken={token}"
-                                         "&username=admin&password=guess", headers={
-            "Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf_cookie}",
-            "Referer": f"{nginx.base}/admin/login/", "X-Forwarded-For": "203.0.113.9",
-        })
+        status, _, page = client.request(
+            "POST",
+            "/admin/login/",
+            body=f"csrfmiddlewaretoken={token}&username=admin&password=guess",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Cookie": f"csrftoken={csrf_cookie}",
+                "Referer": f"{nginx.base}/admin/login/",
+                "X-Forwarded-For": "203.0.113.9",
+            },
+        )
         assert status == 200 and b"Please enter the correct username and password" in page
         client.close()
         env = {**server_env, "BEHIND_PROXY": "1"}
-        addresses = manage(env, "shell", "-c", "from axes.models import AccessAttempt; "
-                           "print(sorted(a.ip_address for a in AccessAttempt.objects.all()))")
+        addresses = manage(
+            env,
+            "shell",
+            "-c",
+            "from axes.models import AccessAttempt; print(sorted(a.ip_address for a in AccessAttempt.objects.all()))",
+        )
         assert addresses.strip().splitlines()[-1] == f"['{OTHER_ADDRESS}']"

@@ -34,8 +34,13 @@ async def test_extra_fields_in_frames_cannot_borrow_another_identity():
     for tab in (v, m):
         await tab.quiet()
     borrowed = {
-        "author_id": victim_author, "session_id": victim["session_id"], "username": "Victim",
-        "verified": True, "room": "other", "id": 1, "ts": "2000-01-01T00:00:00.000Z",
+        "author_id": victim_author,
+        "session_id": victim["session_id"],
+        "username": "Victim",
+        "verified": True,
+        "room": "other",
+        "id": 1,
+        "ts": "2000-01-01T00:00:00.000Z",
     }
 
     # A chat frame, even with the victim's client_id, is Mallory's own new message.
@@ -43,11 +48,18 @@ async def test_extra_fields_in_frames_cannot_borrow_another_identity():
     seen = await v.recv_type("chat")
     assert await m.recv_type("chat") == seen
     assert (seen["author_id"], seen["username"], seen["verified"], seen["room"], seen["text"]) == (
-        mallory_author, guest_name_for(mallory_author), False, "lobby", "it is me, the victim",
+        mallory_author,
+        guest_name_for(mallory_author),
+        False,
+        "lobby",
+        "it is me, the victim",
     )
     stored = await database_sync_to_async(Message.objects.get)(pk=seen["id"])
     assert (stored.author_id, stored.username, stored.verified, stored.room_id) == (
-        mallory_author, guest_name_for(mallory_author), False, "lobby",
+        mallory_author,
+        guest_name_for(mallory_author),
+        False,
+        "lobby",
     )
 
     # A rename renames Mallory only; the victim's tabs get no identity frame.

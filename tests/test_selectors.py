@@ -15,7 +15,9 @@ def posted_ids() -> list[int]:
     sid = uuid.uuid4()
     ada = Identity(sid, author_id_for(sid), "Ada", False)
     services.post_message(identity=ada, room="other", text="elsewhere", client_id=None)
-    return [services.post_message(identity=ada, room="lobby", text=str(n), client_id=None).message.pk for n in range(120)]
+    return [
+        services.post_message(identity=ada, room="lobby", text=str(n), client_id=None).message.pk for n in range(120)
+    ]
 
 
 def test_latest_messages_are_the_newest_oldest_first(posted_ids, data_queries):

@@ -234,7 +234,9 @@ async def test_two_processes_serve_one_room(server_env, tmp_path):
             # The rate limit is one bucket for both processes: after "from one",
             # 9 of the burst of 10 are left (refill is slowed to ~0 here).
             for n in range(12):
-                await (a if n % 2 else a_on_two).send(json.dumps({"type": "chat", "text": f"n{n}", "client_id": f"x{n}"}))
+                await (a if n % 2 else a_on_two).send(
+                    json.dumps({"type": "chat", "text": f"n{n}", "client_id": f"x{n}"})
+                )
             frames = await drain(a) + await drain(a_on_two)
             limited = {f["client_id"] for f in frames if f["type"] == "error" and f["code"] == "rate_limited"}
             stored = {f["client_id"] for f in frames if f["type"] == "chat" and f["client_id"]}
@@ -272,7 +274,9 @@ async def test_one_client_id_sent_from_five_tabs_at_once_is_stored_once(server_e
             errors = [f for frames in got for f in frames if f["type"] == "error"]
             assert not errors, errors
             stored = await database_sync_to_async(
-                lambda: list(Message.objects.filter(client_id=client_id).values_list("id", flat=True))
+                lambda client_id=client_id: list(
+                    Message.objects.filter(client_id=client_id).values_list("id", flat=True)
+                )
             )()
             assert len(stored) == 1, stored
             # Every tab is answered with the one stored message (its room echo
@@ -333,9 +337,17 @@ def test_a_frame_bigger_than_the_limit_goes_out_and_the_limit_counts_from_its_en
     kernel.aborted = False
     kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
     # autobahn's sendMessage, reduced to the write it ends in.
-    monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
+    monkeypatch.setattr(
+        WebSocketProtocol,
+        "sendMessage",
+        lambda self, payload, isBinary=False: self.transport.write(payload),  # noqa: N803 - autobahn's name
+    )
     protocol = ChatWebSocketProtocol()
-    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, ["10.0.0.7", 5050], MAX_CLIENT_MESSAGE_BYTES
+    protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = (
+        kernel,
+        ["10.0.0.7", 5050],
+        MAX_CLIENT_MESSAGE_BYTES,
+    )
     protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
 
     protocol.sendMessage(b"r" * 5000)  # a big resume page on an empty queue: out whole
@@ -354,7 +366,11 @@ def test_once_drained_the_limit_counts_from_the_last_small_frame(settings, monke
     settings.CHAT_SEND_BUFFER_LIMIT = 1000
     kernel = Kernel(takes=0)
     kernel.abortConnection = lambda: setattr(kernel, "aborted", True)
-    monkeypatch.setattr(WebSocketProtocol, "sendMessage", lambda self, payload, isBinary=False: self.transport.write(payload))
+    monkeypatch.setattr(
+        WebSocketProtocol,
+        "sendMessage",
+        lambda self, payload, isBinary=False: self.transport.write(payload),  # noqa: N803 - autobahn's name
+    )
     protocol = ChatWebSocketProtocol()
     protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, MAX_CLIENT_MESSAGE_BYTES
     protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
@@ -377,7 +393,11 @@ def test_a_room_frame_prepared_once_is_written_as_one_unmasked_text_frame(settin
     protocol.transport, protocol.client_addr, protocol.maxMessagePayloadSize = kernel, None, MAX_CLIENT_MESSAGE_BYTES
     protocol.request = type("Request", (), {"path": "/ws/chat/lobby/"})()
     protocol.state, protocol._perMessageCompress, protocol.send_queue, protocol.logOctets = (
-        protocol.STATE_OPEN, None, [], False)
+        protocol.STATE_OPEN,
+        None,
+        [],
+        False,
+    )
     protocol.trafficStats = type("Stats", (), {"outgoingOctetsWireLevel": 0})()
     frame = json.dumps({"type": "chat", "text": "ü" * 200})
     protocol.handle_reply({"type": "websocket.send", "text": frame, PREPARED: prepare(frame)})
@@ -414,7 +434,7 @@ class StalledClient:
             response += self.sock.recv(1)
         assert response.startswith(b"HTTP/1.1 101"), response
         self.sock.setblocking(False)
-        self.peer = "%s:%s" % self.sock.getsockname()
+        self.peer = "{}:{}".format(*self.sock.getsockname())
 
     async def send(self, frame: dict) -> bool:
         """Send a masked text frame; False once the server has dropped the connection."""
@@ -438,7 +458,7 @@ class StalledClient:
                 chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), max(0.01, deadline - time.monotonic()))
             except (ConnectionResetError, BrokenPipeError):
                 return total
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             if not chunk:
                 return total
@@ -460,14 +480,21 @@ Message.objects.bulk_create(
 
 async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(server_env, tmp_path):
     limit = 65536
-    env = {**server_env, "CHAT_SEND_BUFFER_LIMIT": str(limit), "CHAT_RATE_BURST": "1000", "CHAT_RATE_PER_SECOND": "1000"}
+    env = {
+        **server_env,
+        "CHAT_SEND_BUFFER_LIMIT": str(limit),
+        "CHAT_RATE_BURST": "1000",
+        "CHAT_RATE_PER_SECOND": "1000",
+    }
     manage(env, "shell", "-c", SEED_LONG_MESSAGES)
     server = Server(env, tmp_path / "daphne.log")
     stalled = None
     try:
         room = "slow"
-        async with server.ws(server.browser(room), room=room) as listener, \
-                server.ws(server.browser(room), room=room) as talker:
+        async with (
+            server.ws(server.browser(room), room=room) as listener,
+            server.ws(server.browser(room), room=room) as talker,
+        ):
             await recv(listener, "welcome")
             await recv(talker, "welcome")
             stalled = StalledClient(server, server.browser(room), room)
@@ -485,7 +512,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_room_goes_on(serve
                         people.apply(frame)
 
             async def probe(count: int) -> None:
-                for n in range(count):
+                for _ in range(count):
                     name = f"probe-{len(sent_at):03d}"
                     sent_at[name] = time.monotonic()
                     # Long texts: the stalled client is in the room too.

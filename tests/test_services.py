@@ -10,10 +10,10 @@ from django.db import connection
 from django.utils import timezone
 
 from chat import services
-from chat.realtime import gateway
-from chat.realtime.events import group_of
 from chat.identity import Identity, author_id_for, guest_name_for
 from chat.models import Message, Room, VisitorSettings
+from chat.realtime import gateway
+from chat.realtime.events import group_of
 from tests.conftest import make_session
 
 pytestmark = pytest.mark.django_db
@@ -97,7 +97,7 @@ def test_concurrent_renames_of_one_browser_leave_one_row():
         try:
             barrier.wait()
             services.rename_visitor(session_id=sid, username=f"name {n}", previous="g")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
@@ -151,14 +151,20 @@ def test_post_message_stores_name_at_sending_time(data_queries):
     assert posted.created
     stored = Message.objects.get(pk=posted.message.pk)
     assert (stored.room_id, stored.username, stored.verified, stored.text, stored.client_id) == (
-        "lobby", "Ada", True, "hello", "c1",
+        "lobby",
+        "Ada",
+        True,
+        "hello",
+        "c1",
     )
 
 
 def test_ids_grow_within_a_room():
     ada = identity()
-    ids = [services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
-           for room in ["a", "b", "a", "a", "b"]]
+    ids = [
+        services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
+        for room in ["a", "b", "a", "a", "b"]
+    ]
     assert ids == sorted(ids) and len(set(ids)) == 5
 
 
@@ -168,8 +174,10 @@ def test_each_message_event_names_the_previous_message_of_its_room(django_captur
     token = gateway._outbox.set(sent)  # what gateway.run_service collects
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            ids = [services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
-                   for room in ["a", "b", "a", "a"]]
+            ids = [
+                services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
+                for room in ["a", "b", "a", "a"]
+            ]
     finally:
         gateway._outbox.reset(token)
     chain = [(group_of(event), event.message_id, event.prev_id) for event in sent]
@@ -207,8 +215,10 @@ def test_a_batch_costs_two_queries_per_room_and_one_insert(data_queries, django_
     ada, grace = identity("Ada"), identity("Grace")
     services.post_message(identity=ada, room="a", text="before", client_id=None)
     Room.objects.create(name="b")  # an empty room (a new one costs its insert too)
-    posts = [services.Post(who, room, f"{room}{n}", f"c{n}")
-             for n, (who, room) in enumerate([(ada, "a"), (grace, "b"), (grace, "a"), (ada, "a"), (ada, "b")])]
+    posts = [
+        services.Post(who, room, f"{room}{n}", f"c{n}")
+        for n, (who, room) in enumerate([(ada, "a"), (grace, "b"), (grace, "a"), (ada, "a"), (ada, "b")])
+    ]
     with data_queries() as queries:
         stored, sent = collected_events(django_capture_on_commit_callbacks, lambda: services.post_messages(posts))
     # rooms a and b: lock and newest id each; then one insert of all five
@@ -228,7 +238,10 @@ def test_a_batch_costs_two_queries_per_room_and_one_insert(data_queries, django_
         ("chat.room.b", ids[4], ids[1]),
     ]
     assert list(Message.objects.filter(room_id="a").order_by("id").values_list("text", flat=True)) == [
-        "before", "a0", "a2", "a3",
+        "before",
+        "a0",
+        "a2",
+        "a3",
     ]
 
 
@@ -237,9 +250,9 @@ def test_a_batch_with_resends_stores_each_client_id_once(django_capture_on_commi
     earlier = services.post_message(identity=ada, room="lobby", text="sent before", client_id="old")
     posts = [
         services.Post(ada, "lobby", "new", "n1"),
-        services.Post(ada, "lobby", "sent before", "old"),   # a resend of a stored message
-        services.Post(grace, "lobby", "hers", "n1"),          # another identity's n1: its own
-        services.Post(ada, "lobby", "new", "n1"),             # the same message twice in one batch
+        services.Post(ada, "lobby", "sent before", "old"),  # a resend of a stored message
+        services.Post(grace, "lobby", "hers", "n1"),  # another identity's n1: its own
+        services.Post(ada, "lobby", "new", "n1"),  # the same message twice in one batch
         services.Post(ada, "lobby", "no id", None),
     ]
     stored, sent = collected_events(django_capture_on_commit_callbacks, lambda: services.post_messages(posts))

@@ -20,9 +20,18 @@ from tests.servers import ROOT, Server
 # Variables of the environment under test; the caller's own are dropped so
 # that a developer's shell cannot change the outcome.
 CONTROLLED = (
-    "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SESSION_COOKIE_DAYS", "SESSION_COOKIE_SECURE",
-    "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-    "SECURE_HSTS_PRELOAD", "BEHIND_PROXY",
+    "DEBUG",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "CSRF_TRUSTED_ORIGINS",
+    "SESSION_COOKIE_DAYS",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+    "BEHIND_PROXY",
 )
 YEAR = 365 * 24 * 3600
 
@@ -36,14 +45,29 @@ def production(**overrides: str) -> dict[str, str]:
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def effective(env: dict[str, str]) -> dict:
-    names = ["SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS",
-             "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_AGE"]
-    code = f"import json; from django.conf import settings; print(json.dumps({{n: getattr(settings, n) for n in {names}}}))"
+    names = [
+        "SECURE_SSL_REDIRECT",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+        "SECURE_HSTS_PRELOAD",
+        "SECURE_PROXY_SSL_HEADER",
+        "SESSION_COOKIE_AGE",
+    ]
+    code = "import json; from django.conf import settings; " + (
+        f"print(json.dumps({{n: getattr(settings, n) for n in {names}}}))"
+    )
     done = manage(env, "shell", "-c", code)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -71,21 +95,37 @@ def test_debug_off_without_secret_key_refuses_to_start():
 
 def test_production_defaults_are_https_only():
     assert effective(production()) == {
-        "SECURE_SSL_REDIRECT": True, "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
-        "SECURE_HSTS_SECONDS": YEAR, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True, "SECURE_HSTS_PRELOAD": False,
-        "SECURE_PROXY_SSL_HEADER": None, "SESSION_COOKIE_AGE": 400 * 24 * 3600,
+        "SECURE_SSL_REDIRECT": True,
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_HSTS_SECONDS": YEAR,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": False,
+        "SECURE_PROXY_SSL_HEADER": None,
+        "SESSION_COOKIE_AGE": 400 * 24 * 3600,
     }
 
 
 def test_each_default_is_overridable_from_the_environment():
     env = production(
-        SECURE_SSL_REDIRECT="0", SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0", SECURE_HSTS_SECONDS="60",
-        SECURE_HSTS_INCLUDE_SUBDOMAINS="0", SECURE_HSTS_PRELOAD="1", BEHIND_PROXY="1", SESSION_COOKIE_DAYS="30",
+        SECURE_SSL_REDIRECT="0",
+        SESSION_COOKIE_SECURE="0",
+        CSRF_COOKIE_SECURE="0",
+        SECURE_HSTS_SECONDS="60",
+        SECURE_HSTS_INCLUDE_SUBDOMAINS="0",
+        SECURE_HSTS_PRELOAD="1",
+        BEHIND_PROXY="1",
+        SESSION_COOKIE_DAYS="30",
     )
     assert effective(env) == {
-        "SECURE_SSL_REDIRECT": False, "SESSION_COOKIE_SECURE": False, "CSRF_COOKIE_SECURE": False,
-        "SECURE_HSTS_SECONDS": 60, "SECURE_HSTS_INCLUDE_SUBDOMAINS": False, "SECURE_HSTS_PRELOAD": True,
-        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"], "SESSION_COOKIE_AGE": 30 * 24 * 3600,
+        "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SECURE_HSTS_SECONDS": 60,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": False,
+        "SECURE_HSTS_PRELOAD": True,
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "SESSION_COOKIE_AGE": 30 * 24 * 3600,
     }
 
 
@@ -118,7 +158,10 @@ def fetch(url: str, **headers: str):
 @pytest.mark.django_db(transaction=True)
 def test_a_production_server_behind_a_tls_proxy(server_env, collected_static, tmp_path):
     env = production(ALLOWED_HOSTS="127.0.0.1", BEHIND_PROXY="1")
-    env = {**{n: v for n, v in server_env.items() if n not in CONTROLLED}, **{n: env[n] for n in CONTROLLED if n in env}}
+    env = {
+        **{n: v for n, v in server_env.items() if n not in CONTROLLED},
+        **{n: env[n] for n in CONTROLLED if n in env},
+    }
     env["STATIC_ROOT"] = str(collected_static)  # the page links to hashed names: collectstatic's
     # Server() waits for /healthz over plain HTTP: health checks are not redirected.
     server = Server(env, tmp_path / "production.log", args=["--proxy-headers"])

@@ -61,8 +61,12 @@ def test_the_plain_names_are_cached_a_minute_only(client, production_static):
 
 @pytest.mark.parametrize(
     ("accept", "encoding", "decode"),
-    [("gzip", "gzip", gzip.decompress), ("gzip, deflate, br", "br", brotli.decompress),
-     ("br", "br", brotli.decompress), ("identity", None, bytes)],
+    [
+        ("gzip", "gzip", gzip.decompress),
+        ("gzip, deflate, br", "br", brotli.decompress),
+        ("br", "br", brotli.decompress),
+        ("identity", None, bytes),
+    ],
 )
 def test_gzip_and_brotli_on_request(client, production_static, accept, encoding, decode):
     url = assets(client.get("/chat/lobby/").content.decode())["js"]
@@ -78,8 +82,14 @@ def test_gzip_and_brotli_on_request(client, production_static, accept, encoding,
 @pytest.mark.django_db(transaction=True)
 def test_a_debug_off_server_serves_a_working_page_with_its_assets(server_env, collected_static, tmp_path):
     """What ``DEBUG=0 SECRET_KEY=… make run`` starts (plain HTTP: no HTTPS redirect for the try-out)."""
-    env = {**server_env, "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50), "STATIC_ROOT": str(collected_static),
-           "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0"}
+    env = {
+        **server_env,
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "STATIC_ROOT": str(collected_static),
+        "SECURE_SSL_REDIRECT": "0",
+        "SESSION_COOKIE_SECURE": "0",
+    }
     server = Server(env, tmp_path / "server.log")
     try:
         with urllib.request.urlopen(server.url(), timeout=10) as page:

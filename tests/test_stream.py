@@ -33,8 +33,9 @@ def event(message_id: int, prev_id: int | None) -> MessageStored:
 @database_sync_to_async
 def store(n: int) -> list[int]:
     """Store ``n`` messages in the lobby; their events are never sent (as if lost)."""
-    return [services.post_message(identity=ADA, room="lobby", text=f"m{i}", client_id=None).message.pk
-            for i in range(n)]
+    return [
+        services.post_message(identity=ADA, room="lobby", text=f"m{i}", client_id=None).message.pk for i in range(n)
+    ]
 
 
 async def until(condition, timeout: float = 3) -> None:

@@ -207,8 +207,10 @@ def test_first_render_holds_the_name_and_newest_50_oldest_first(client):
     sid = session_id_of(client)
     services.rename_visitor(session_id=sid, username="Ada <Lovelace>", previous="g")
     poster = Identity(uuid.uuid4(), "poster", "Grace", False)
-    ids = [services.post_message(identity=poster, room="lobby", text=f"message {n} <i>x</i>", client_id=None).message.pk
-           for n in range(60)]
+    ids = [
+        services.post_message(identity=poster, room="lobby", text=f"message {n} <i>x</i>", client_id=None).message.pk
+        for n in range(60)
+    ]
     html = client.get("/chat/lobby/").content.decode()
     assert 'data-testid="username-input" id="username" value="Ada &lt;Lovelace&gt;"' in html
     shown = [int(part.split('"')[0]) for part in html.split('data-message-id="')[1:]]
@@ -331,7 +333,9 @@ async def test_healthz_answers_whatever_the_host_through_the_asgi_application(pr
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-@pytest.mark.parametrize("path", ["/", "/chat/lobby/", "/admin/", "/admin/login/", "/healthz/", "/healthzz", "/healthz/x"])
+@pytest.mark.parametrize(
+    "path", ["/", "/chat/lobby/", "/admin/", "/admin/login/", "/healthz/", "/healthzz", "/healthz/x"]
+)
 def test_every_other_path_still_refuses_a_host_not_allowed(client, production_hosts, path):
     assert client.get(path, HTTP_HOST="10.42.0.7:8000", secure=True).status_code == 400
     assert client.get(path, HTTP_HOST="chat.example.com", secure=True).status_code != 400

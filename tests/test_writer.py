@@ -23,9 +23,7 @@ def someone(name: str) -> Identity:
 
 
 async def stored_texts() -> list[str]:
-    return await database_sync_to_async(
-        lambda: list(Message.objects.order_by("id").values_list("text", flat=True))
-    )()
+    return await database_sync_to_async(lambda: list(Message.objects.order_by("id").values_list("text", flat=True)))()
 
 
 async def test_messages_that_arrive_together_are_stored_together_and_reach_the_room_in_order(all_queries):
@@ -36,9 +34,9 @@ async def test_messages_that_arrive_together_are_stored_together_and_reach_the_r
     senders = [someone(f"Sender {n}") for n in range(20)]
 
     all_queries.clear()
-    stored = await asyncio.gather(*(
-        writer.post(services.Post(who, "lobby", f"m{n}", f"c{n}")) for n, who in enumerate(senders)
-    ))
+    stored = await asyncio.gather(
+        *(writer.post(services.Post(who, "lobby", f"m{n}", f"c{n}")) for n, who in enumerate(senders))
+    )
     # One batch: the room's lock, its newest id, one insert of twenty rows.
     assert all_queries.count == 3, all_queries.statements
     assert [posted.message.text for posted in stored] == [f"m{n}" for n in range(20)]

@@ -32,11 +32,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--every", type=int, default=0, metavar="SECONDS",
+            "--every",
+            type=int,
+            default=0,
+            metavar="SECONDS",
             help="Run now, then again every SECONDS (86400: daily) until stopped; 0 (default): once.",
         )
         parser.add_argument(
-            "--days", type=int, default=settings.CHAT_STALE_SETTINGS_DAYS,
+            "--days",
+            type=int,
+            default=settings.CHAT_STALE_SETTINGS_DAYS,
             help="Settings unread for this many days are stale (default: %(default)s).",
         )
 
