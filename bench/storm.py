@@ -11,8 +11,12 @@ so the first within a second) or, the worst case, with no backoff
 Back means ``welcome`` received; a tab that finds newer messages than its
 own sends ``resume`` after the newest id it has, as the browser does.
 
-A few senders chat from a second before the storm until a few seconds into
-it (skipping while their own socket is down). Afterwards every message stored
+A few senders chat from a second before the storm until every tab is back
+and at least ``duration`` s have passed (skipping while their own socket is
+down; a message without an echo is sent again after the next ``welcome``
+with its ``client_id``, as ``chat.js`` does); the messages sent while some tab
+was still away are counted (``sent_during_storm``), and those never stored
+(``sent_not_stored``: still without an echo at the end). Afterwards every message stored
 in the room (read back with ``resume after 0``) must have reached every tab,
 live or through its resume: a stored id a tab never received is a gap, as
 in the soak.
@@ -27,6 +31,7 @@ import asyncio
 import json
 import random
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -51,7 +56,12 @@ def backoff_delay(backoff: str, attempt: int, retry_every: float) -> float:
 
 
 class StormClient(SoakClient):
-    """A browser tab that, once its socket goes, reconnects with a backoff and times its return."""
+    """A browser tab that, once its socket goes, reconnects with a backoff and times its return.
+
+    A sender also does what ``chat.js`` does with a message that got no echo: it
+    keeps it (by ``client_id``) and sends it again after the next ``welcome``;
+    the server stores a ``client_id`` once.
+    """
 
     def __init__(self, cfg: Config, backoff: str, retry_every: float) -> None:
         super().__init__(cfg, flaky=False)
@@ -61,6 +71,48 @@ class StormClient(SoakClient):
         self.attempts = 0
         self.failures: Counter[str] = Counter()
         self.settled = asyncio.Event()  # back, or given up (or never dropped)
+        self.sent_at: list[float] = []  # wall times of this tab's messages (first sends)
+        self.pending: dict[str, str] = {}  # client_id -> frame, sent without an echo yet
+        self.resent = 0
+
+    def receive(self, frame: dict[str, Any]) -> None:
+        if self.pending:
+            if frame.get("type") == "chat":
+                self.pending.pop(frame.get("client_id") or "", None)
+            elif frame.get("type") == "history":
+                for message in frame.get("messages", ()):
+                    self.pending.pop(message.get("client_id") or "", None)
+        super().receive(frame)
+
+    async def send_chat(self) -> None:
+        """A new message (skipped while the socket is down, as a tab that cannot send)."""
+        if self.ws is None:
+            self.skipped += 1
+            return
+        client_id = uuid.uuid4().hex
+        frame = json.dumps({"type": "chat", "text": f"storm:{time.time_ns()}", "client_id": client_id})
+        self.pending[client_id] = frame
+        self.sent += 1
+        self.sent_at.append(time.time())
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed:
+            pass  # sent again after the next welcome
+
+    async def resend_pending(self) -> None:
+        assert self.ws is not None
+        for frame in list(self.pending.values()):
+            self.resent += 1
+            await self.ws.send(frame)
+
+    async def chat_through(self, start: float, stop: float, storm_over: asyncio.Event, interval: float) -> None:
+        """Send one message every ``interval`` s from loop time ``start`` until ``stop`` and the storm's end."""
+        loop = asyncio.get_running_loop()
+        due = start
+        while due < stop or not storm_over.is_set():
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await self.send_chat()
+            due += interval
 
     async def read_socket(self, until: float | None) -> bool:
         """Read the socket until it closes (True) or until loop time ``until`` (False)."""
@@ -92,8 +144,10 @@ class StormClient(SoakClient):
             await asyncio.sleep(delay)
             self.attempts += 1
             try:
-                await asyncio.wait_for(self.connect(), self.cfg.open_timeout)
+                await asyncio.wait_for(self.connect(), self.cfg.open_timeout)  # welcome, then resume if behind
+                await self.resend_pending()
             except Exception as exc:  # noqa: BLE001 - every failed attempt is counted by cause
+                self.ws = None
                 self.failures[describe(exc)] += 1
                 if isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == 4401:
                     try:  # no valid session: the browser reloads the page
@@ -110,45 +164,58 @@ class StormClient(SoakClient):
 
 
 class StormWorker(Worker):
-    """The storm's tabs of one process."""
+    """The storm's tabs of one process: ``storm`` answers once they are all back, ``finish`` reports."""
 
     def __init__(self, cfg: Config, ids: list[int], concurrency: int, backoff: str, retry_every: float) -> None:
         super().__init__(cfg, ids, concurrency)
         self.backoff, self.retry_every = backoff, retry_every
-        self.commands["storm"] = self.storm
+        self.commands.update(storm=self.storm, finish=self.finish)
+        self.at = 0.0
+        self.living: list[asyncio.Task[None]] = []
+        self.chatting: list[asyncio.Task[None]] = []
+        self.storm_over = asyncio.Event()
 
     def make_client(self, index: int) -> StormClient:
         return StormClient(self.cfg_of(index), self.backoff, self.retry_every)
 
-    async def storm(self, at: float, drop: bool, timeout: float, senders: int, rate: float, duration: float,
-                    drain: float) -> dict[str, Any]:
-        """The storm at wall time ``at``: (``drop``) abort every socket; wait until all are back; report."""
+    async def storm(self, at: float, drop: bool, timeout: float, senders: int, rate: float,
+                    duration: float) -> dict[str, Any]:
+        """The storm at wall time ``at`` (``drop``: abort every socket then); answer when all are back."""
         loop = asyncio.get_running_loop()
+        self.at = at
         t0 = loop.time() + (at - time.time())
         clients: dict[int, StormClient] = self.clients
-        living = [loop.create_task(c.storm(t0 + timeout)) for c in clients.values()]
-        chatting = [loop.create_task(c.chat(t0 - LEAD, t0 + duration, senders / rate))
-                    for i, c in clients.items() if i < senders]
+        self.living = [loop.create_task(c.storm(t0 + timeout)) for c in clients.values()]
+        # The senders go on until every worker's tabs are back (``finish``) and ``duration`` has passed.
+        self.chatting = [loop.create_task(c.chat_through(t0 - LEAD, t0 + duration, self.storm_over, senders / rate))
+                         for i, c in clients.items() if i < senders]
         if drop:
             await asyncio.sleep(max(0.0, t0 - loop.time()))
             for client in clients.values():
                 if client.ws is not None:
                     client.ws.transport.abort()
         await asyncio.gather(*(c.settled.wait() for c in clients.values()))
-        all_settled = time.time()
-        await asyncio.gather(*chatting)
-        await asyncio.sleep(max(0.0, max(loop.time(), t0 + duration) + drain - loop.time()))
+        return {"settled_at": time.time()}
+
+    async def finish(self, drain: float) -> dict[str, Any]:
+        """Stop sending (once ``duration`` is over), let every tab catch up for ``drain`` s, close, report."""
+        self.storm_over.set()
+        await asyncio.gather(*self.chatting)
+        await asyncio.sleep(drain)
+        clients: dict[int, StormClient] = self.clients
         connected_at_end = {i: c.ws is not None for i, c in clients.items()}
         await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
-        await asyncio.gather(*living, return_exceptions=True)
+        await asyncio.gather(*self.living, return_exceptions=True)
         self.clients = {}  # closed here: nothing left for the pool's close
-        return {"settled_at": all_settled, "clients": [
+        at = self.at
+        return {"clients": [
             {"flaky": False, "start_id": c.start_id, "seen": sorted(c.seen), "duplicates": c.duplicates,
              "reconnects": c.reconnects, "sent": c.sent, "skipped": c.skipped, "errors": c.errors,
              "connected_at_end": connected_at_end[i],
              "down_s": None if c.down_at is None else round(c.down_at - at, 3),
              "back_s": None if c.back_at is None else round(c.back_at - at, 3),
-             "attempts": c.attempts, "failures": dict(c.failures)}
+             "attempts": c.attempts, "failures": dict(c.failures),
+             "sent_at_s": [round(t - at, 3) for t in c.sent_at], "resent": c.resent, "not_stored": len(c.pending)}
             for i, c in clients.items()
         ]}
 
@@ -172,7 +239,7 @@ def storm(target: Target, load: Load, *, cause: str = "restart", backoff: str = 
         before = sample(target.pid)
         at = time.time() + LEAD + 1.0
         pool.send("storm", at=at, drop=cause == "drop", timeout=timeout, senders=senders,
-                  rate=load.rate, duration=load.duration, drain=load.drain)
+                  rate=load.rate, duration=load.duration)
         time.sleep(max(0.0, at - time.time()))
         print(f"  storm: {cause} at t=0, clients reconnect with {backoff} backoff", flush=True)
         if cause in ("restart", "kill"):
@@ -180,19 +247,34 @@ def storm(target: Target, load: Load, *, cause: str = "restart", backoff: str = 
             result["restart"]["up_s"] = round(time.time() - at, 2)  # the new process answers /healthz
             print(f"  storm: server {'killed' if cause == 'kill' else 'stopped'} in {result['restart']['stop_s']} s, "
                   f"up again at t={result['restart']['up_s']} s (pid {target.pid})", flush=True)
-        while not pool.ready(0):
-            now = sample(target.pid)
-            if now is not None:
-                series.append([round(time.time() - at, 1), round(now.rss_kb / 1024, 1), open_files(target.pid) or 0,
-                               now.cpu_s])
-            time.sleep(1.0)
-        answers = pool.collect()
+        next_sample = time.time()
+        while True:
+            if time.time() >= next_sample:  # at least once, then every second until all are back
+                now = sample(target.pid)
+                if now is not None:
+                    series.append([round(time.time() - at, 1), round(now.rss_kb / 1024, 1),
+                                   open_files(target.pid) or 0, now.cpu_s])
+                next_sample += 1.0
+            if pool.ready(0):
+                break
+            time.sleep(0.1)
+        pool.collect()  # every worker's tabs are back (or given up)
+        answers = pool.call("finish", drain=load.drain)
     finally:
         pool.close()
     clients = [c for a in answers for c in a["clients"]]
     stored = asyncio.run(stored_ids(cfg))
-    result.update(back_figures(clients, result.get("restart")), messages=_gaps(clients, stored),
-                  server_series=series, **server_figures(before, sample(target.pid), series, cause))
+    result.update(back_figures(clients, result.get("restart")), server_series=series,
+                  **server_figures(before, sample(target.pid), series, cause))
+    result["messages"] = _gaps(clients, stored)
+    sent_at = [t for c in clients for t in c["sent_at_s"]]
+    last_back = result["back_s"]["max"] or 0.0
+    result["messages"]["sent_before_storm"] = sum(t <= 0 for t in sent_at)
+    result["messages"]["sent_during_storm"] = sum(0 < t <= last_back for t in sent_at)
+    # chat.js sends a message again after the next welcome until its echo comes: one still without
+    # an echo at the end was never stored (a loss the gap count cannot see).
+    result["messages"]["resent"] = sum(c["resent"] for c in clients)
+    result["messages"]["sent_not_stored"] = sum(c["not_stored"] for c in clients)
     _print(result)
     return result
 
@@ -220,7 +302,8 @@ def back_figures(clients: list[dict[str, Any]], restart: dict[str, float] | None
         "failed_attempts": sum(failures.values()), "failures": dict(failures.most_common(10)),
     }
     if restart is not None and last is not None:
-        after_up = last - restart["up_s"]
+        # up_s is when /healthz first answered (polled every 0.2 s): the tabs may beat it.
+        after_up = max(0.0, last - restart["up_s"])
         figures["all_back_after_server_up_s"] = round(after_up, 2) if all_back is not None else None
         figures["reconnects_per_s_after_server_up"] = round(len(back) / after_up, 1) if after_up > 0 else None
     return figures
@@ -247,7 +330,9 @@ def _print(r: dict[str, Any]) -> None:
           f"p90 {b['p90']} p99 {b['p99']} max {b['max']}; {r['reconnects_per_s']}/s overall, peak "
           f"{r['peak_reconnects_in_one_s']} in one second; {r['attempts']} attempts, {r['failed_attempts']} failed "
           f"{r['failures'] or ''}", flush=True)
-    print(f"  storm messages: {m['sent']} sent ({m['skipped_while_away']} skipped while away), {m['stored']} stored, "
+    print(f"  storm messages: {m['sent']} sent ({m['sent_before_storm']} before the storm, {m['sent_during_storm']} "
+          f"while tabs were still away; {m['skipped_while_away']} skipped while away; {m['resent']} sent again "
+          f"after a reconnect, {m['sent_not_stored']} never stored), {m['stored']} stored, "
           f"{m['received']} received; gaps {m['gaps']} (in {m['clients_with_gaps']} clients), duplicates "
           f"{m['duplicates'] or 0}, not connected at the end {m['not_connected_at_end']}"
           f"{'; errors ' + str(m['errors']) if m['errors'] else ''}; server {r['server']}", flush=True)

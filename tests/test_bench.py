@@ -186,6 +186,8 @@ def test_storm_after_a_restart_every_tab_comes_back_and_misses_nothing(project):
     messages = result["messages"]
     assert messages["stored"] > 0 and messages["gaps"] == 0 and messages["not_connected_at_end"] == 0
     assert messages["received"] == 20 * messages["stored"]  # all joined before the first was sent
+    assert messages["sent_before_storm"] == 2  # each sender's first, a second before the restart
+    assert messages["sent"] > 2 and messages["sent_not_stored"] == 0  # the browser resends what got no echo
 
 
 def test_storm_drop_without_backoff(project):
@@ -197,6 +199,7 @@ def test_storm_drop_without_backoff(project):
     assert result["dropped"] == result["back"] == 20 and result["all_back_s"] is not None
     messages = result["messages"]
     assert messages["gaps"] == 0 and messages["received"] == 20 * messages["stored"] > 0
+    assert messages["sent_not_stored"] == 0
 
 
 def test_storm_backoff_and_figures_without_a_server():
