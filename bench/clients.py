@@ -13,6 +13,10 @@ gathers their answers. A worker may serve several servers of one room
 (``Config`` each): client i goes to server i % servers, and what arrives is
 counted per server and per message, so that a message sent through one
 process can be seen reaching the clients of the other.
+
+Presence (``presence`` snapshots and ``presence_diff`` frames, PROTOCOL.md
+§3) is not chat: a ``Tally`` counts it among the other frames and it never
+enters a latency; ``bench.bigroom`` measures its bytes.
 """
 
 import asyncio
@@ -137,7 +141,10 @@ class Tally:
         self.max_us = 0
 
     def frame(self, kind: str, raw: str | bytes, now_ns: int) -> None:
-        message = json.loads(raw)
+        self.message(kind, json.loads(raw), now_ns)
+
+    def message(self, kind: str, message: dict[str, Any], now_ns: int) -> None:
+        """Count one frame already parsed (chat frames by their latency; presence and the rest as other)."""
         if kind == "baseline":
             text = message.get("message")
         elif message.get("type") == "chat":
@@ -217,8 +224,12 @@ class Worker:
         """A client with ``open()`` and ``close()``; subclasses make their own kind."""
         return Client(self.cfg_of(index), self.tallies[self.server_of(index)])
 
-    async def connect(self, start_at: float) -> dict[str, Any]:
-        """Open every client, ``concurrency`` at a time; time each one from page load to ready."""
+    async def connect(self, start_at: float, deadline: float | None = None) -> dict[str, Any]:
+        """Open every client, ``concurrency`` at a time; time each one from page load to ready.
+
+        A client whose turn comes after ``deadline`` (wall clock) is not opened (a failure:
+        ``join deadline passed``), so that a server that cannot keep up bounds the run.
+        """
         await asyncio.sleep(max(0.0, start_at - time.time()))
         limit = asyncio.Semaphore(self.concurrency)
         ready_ms: list[float] = []
@@ -226,6 +237,9 @@ class Worker:
 
         async def one(index: int) -> None:
             async with limit:
+                if deadline is not None and time.time() > deadline:
+                    failures["join deadline passed"] += 1
+                    return
                 client, started = self.make_client(index), time.perf_counter()
                 try:
                     await asyncio.wait_for(client.open(), self.cfg.open_timeout)

@@ -12,6 +12,12 @@ after, unless ``--url`` names one already running):
   scale    the ramp against 1 project process, then against 2 sharing Redis (clients
            and senders split between them); the ratio of the highest passing rates,
            server CPU per process, and whether every message reached both servers' clients
+  bigroom  N browsers (10,000) join one room C at a time (100): joins/s, server RSS and
+           KB per socket, presence bytes per client per second as the room fills; then
+           K senders send R messages/s in all for T s (2 x 1 msg/s x 10 s): loss, latency
+  storm    N tabs (1,000) connected; the server restarts (or every socket drops) and all
+           reconnect at once (chat.js's jittered backoff, or none): time until all are back,
+           reconnects/s, failures, and no message lost across the storm (resume)
 
 The project runs with production settings on the environment's
 ``DATABASE_URL`` and ``REDIS_URL`` (scale needs Redis: its two processes
@@ -34,11 +40,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench import scenarios
+from bench.bigroom import SETTLE, bigroom
 from bench.clients import raise_open_files_limit
 from bench.report import RESULTS, plot_latency, save
 from bench.scenarios import Load
 from bench.servers import Target, start_baseline, start_projects
 from bench.soak import Churn, soak
+from bench.storm import BACKOFFS, CAUSES, storm
 
 # Per-scenario defaults for the options left unset (the sizes docs/performance.md uses).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -49,6 +57,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "soak": {"clients": 300, "rate": 10.0, "drain": 10.0},
     "compare": {"clients": 1000, "senders": 20, "rate": 20.0},
     "scale": {"clients": 100, "senders": 10, "rate": 20.0, "duration": 6.0, "drain": 3.0},
+    "bigroom": {"clients": 10000, "senders": 2, "rate": 2.0, "duration": 10.0, "drain": 5.0, "warmup": 0.0,
+                "concurrency": 100, "procs": 4, "open_timeout": 60.0},
+    "storm": {"clients": 1000, "senders": 2, "rate": 2.0, "duration": 5.0, "drain": 5.0},
 }
 # Senders above the default limit (1 message/s each after a burst of 10) would be refused.
 RAISED_LIMIT = {"CHAT_RATE_PER_SECOND": "1000", "CHAT_RATE_BURST": "1000"}
@@ -97,10 +108,15 @@ def load_from(args: argparse.Namespace, scenario: str, **override: Any) -> Load:
 def run_one(scenario: str, kind: str, args: argparse.Namespace, load: Load) -> dict[str, Any]:
     """One scenario against one server; its figures, with the server's settings."""
     ramp = scenario == "ramp"
-    raised = needs_raised_limit(load, ramp) and scenario in ("fanout", "ramp")
+    raised = needs_raised_limit(load, ramp) and scenario in ("fanout", "ramp", "bigroom", "storm")
     with servers(kind, args, raised) as (target,):
         print(f"{scenario} against the {kind}:", flush=True)
-        if scenario in ("fanout", "ramp"):
+        if scenario == "bigroom":
+            result = bigroom(target, load, settle=args.settle, join_deadline=args.join_deadline)
+        elif scenario == "storm":
+            result = storm(target, load, cause=args.cause or ("drop" if args.url else "restart"),
+                           backoff=args.backoff, timeout=args.storm_timeout, retry_every=args.retry_every)
+        elif scenario in ("fanout", "ramp"):
             result = scenarios.fanout(target, load, ramp=ramp)
         elif scenario == "connect":
             result = scenarios.connect(target, load)
@@ -164,7 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--drain", type=float, help="wait after sending, s; later deliveries count as not delivered (5)")
     ap.add_argument("--warmup", type=float, help="unscored step at a quarter of the rate first, s (2; 0: none)")
     ap.add_argument("-c", "--concurrency", type=int, help="connections opened at a time (50)")
-    ap.add_argument("-P", "--procs", type=int, help="client worker processes (2)")
+    ap.add_argument("-P", "--procs", type=int, help="client worker processes (2; bigroom 4)")
+    ap.add_argument("--open-timeout", type=float, help="seconds a connect may take to its welcome (30; bigroom 60)")
     ap.add_argument("--factor", type=float, help="ramp, scale: rate multiplier per step (1.5)")
     ap.add_argument("--max-steps", type=int, help="ramp, scale: most steps (10)")
     ap.add_argument("--p99-max", type=float, help="ramp, scale: a step passes with p99 <= this, ms (250)")
@@ -173,6 +190,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--flaky", type=float, default=0.1, help="soak: share of clients that drop and reconnect")
     ap.add_argument("--reconnect-every", type=float, default=5.0, help="soak: seconds between drops (±50 %%)")
     ap.add_argument("--ramp-clients", type=int, default=100, help="compare: clients of the ramp")
+    ap.add_argument("--settle", type=float, default=SETTLE,
+                    help="bigroom: seconds after the last join before presence is read and the chat starts")
+    ap.add_argument("--join-deadline", type=float, default=600.0,
+                    help="bigroom: no more joins are started after this many seconds (they count as failures)")
+    ap.add_argument("--cause", choices=CAUSES,
+                    help="storm: restart the server (SIGTERM), kill it (SIGKILL), or drop every socket "
+                         "(default: restart; drop with --url)")
+    ap.add_argument("--backoff", choices=BACKOFFS, default="jitter",
+                    help="storm: reconnect as chat.js does (jitter), or at once (none: the worst case)")
+    ap.add_argument("--retry-every", type=float, default=0.1,
+                    help="storm, --backoff none: seconds between a failed attempt and the next")
+    ap.add_argument("--storm-timeout", type=float, default=120.0,
+                    help="storm: tabs not back this many seconds after the storm count as not back")
     ap.add_argument("--plot", type=Path, help="ramp/compare/scale: where the PNG goes (default: next to the JSON)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory of the results files")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. what else ran)")
@@ -181,8 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"{args.scenario} starts its servers itself: no --url")
     if args.scenario == "scale" and args.target == "baseline":
         ap.error("scale measures the project's processes: no --target baseline")
-    if args.scenario == "soak" and args.target == "baseline":
-        ap.error("soak needs message ids and resume: the project only")
+    if args.scenario in ("soak", "storm", "bigroom") and args.target == "baseline":
+        ap.error(f"{args.scenario} needs the contract (welcome, presence, resume): the project only")
+    if args.scenario == "storm" and args.url and args.cause in ("restart", "kill"):
+        ap.error("storm --url: the benchmark cannot restart a server it did not start; use --cause drop")
     return args
 
 

@@ -105,12 +105,24 @@ def _server_text(usage: dict[str, Any]) -> str:
     return f"; server CPU {cpu_text(usage)} RSS {rss} MB"
 
 
-def connect_all(pool: Pool, targets: Targets, load: Load) -> dict[str, Any]:
-    """Open every client, ``concurrency`` at a time: connects/s, time to ready, failures."""
+def connect_all(pool: Pool, targets: Targets, load: Load, *, deadline: float | None = None,
+                while_waiting: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Open every client, ``concurrency`` at a time: connects/s, time to ready, failures.
+
+    ``deadline``: seconds after the start past which no more clients are opened.
+    ``while_waiting(seconds since the start)`` is called about once a second until all are open.
+    """
     start_at = time.time() + 0.5
-    pool.send("connect", start_at=start_at)
+    pool.send("connect", start_at=start_at, deadline=None if deadline is None else start_at + deadline)
     time.sleep(max(0.0, start_at - time.time()))
     before = sample_all(targets)
+    if while_waiting is not None:
+        next_call = start_at
+        while not pool.ready(0):
+            if time.time() >= next_call:
+                while_waiting(time.time() - start_at)
+                next_call += 1.0
+            time.sleep(0.1)
     answers = pool.collect()
     wall = max(a["end"] for a in answers) - start_at
     ready = [ms for a in answers for ms in a["ready_ms"]]

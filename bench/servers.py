@@ -45,6 +45,10 @@ class Target:
     settings: dict[str, str] = field(default_factory=dict)  # what the figures depend on
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    # How it was started (``restart`` starts it again the same way, on the same port).
+    command: list[str] | None = None
+    env: dict[str, str] | None = None
+    health: str | None = None
 
     @property
     def base(self) -> str:
@@ -60,6 +64,26 @@ class Target:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+    def restart(self, *, kill: bool = False) -> dict[str, float]:
+        """Stop this server (SIGTERM, or SIGKILL as a crash would) and start it again on the same port.
+
+        Returns the seconds the stop took and the seconds until the new process answered.
+        Only a server this benchmark started can be restarted.
+        """
+        if self.process is None or self.command is None or self.env is None or self.log is None:
+            raise RuntimeError("only a server started by the benchmark can be restarted")
+        started = time.monotonic()
+        if kill and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        else:
+            self.stop()
+        stopped = time.monotonic()
+        fresh = _start(self.kind, self.command, self.env, self.port, self.log.parent, self.health, self.settings)
+        self.process, self.pid = fresh.process, fresh.pid
+        return {"stop_s": round(stopped - started, 2), "start_s": round(time.monotonic() - stopped, 2)}
 
 
 def free_port() -> int:
@@ -147,7 +171,7 @@ def _start(kind: str, command: list[str], env: dict[str, str], port: int, log_di
     # A file, not a pipe: an unread pipe fills up and blocks the server.
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    target = Target(kind, "127.0.0.1", port, process.pid, settings, process, log)
+    target = Target(kind, "127.0.0.1", port, process.pid, settings, process, log, command, env, health)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         if _answers(target, health):
@@ -190,6 +214,31 @@ def sample(pid: int | None) -> ProcSample | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return ProcSample(cpu_s=(int(fields[11]) + int(fields[12])) / ticks, rss_kb=int(rss.split()[1]))
+
+
+def peak_rss_kb(pid: int | None) -> int | None:
+    """The process's peak resident memory over its life (``VmHWM`` in ``/proc/PID/status``)."""
+    return _status_kb(pid, "VmHWM:")
+
+
+def _status_kb(pid: int | None, field_name: str) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(line for line in f if line.startswith(field_name)).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def open_files(pid: int | None) -> int | None:
+    """How many file descriptors the process has open (its sockets, mostly)."""
+    if pid is None:
+        return None
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 @dataclass

@@ -5,9 +5,11 @@ from contextlib import contextmanager
 import pytest
 
 from bench import scenarios
+from bench.bigroom import bigroom, by_room_size, by_second
 from bench.scenarios import Load
 from bench.servers import Target, start_baseline, start_project, start_projects
 from bench.soak import Churn, _gaps, soak
+from bench.storm import back_figures, backoff_delay, storm
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -128,3 +130,91 @@ def test_by_server_counts_a_message_that_reached_no_client_of_one_server():
     assert second["delivered_from_other_servers"] == 2 and second["expected_from_other_servers"] == 4
     assert second["messages_to_every_client"] == 2 and second["messages_to_no_client"] == 1
     assert not found["every_message_on_every_server"]
+
+
+def test_bigroom_reports_joins_memory_presence_and_delivery(project):
+    load = Load(clients=20, senders=2, rate=2.0, duration=1.0, drain=2.0, warmup=0.0, concurrency=10, procs=2)
+
+    result = bigroom(project, load, settle=2.5)
+
+    connect, presence, memory, chat = result["connect"], result["presence"], result["memory"], result["chat"]
+    assert connect["ok"] == 20 and connect["failed"] == 0 and connect["connects_per_s"] > 0
+    assert connect["wall_s"] > 0 and result["server_series"]  # sampled while they joined
+    # Every tab got one snapshot (no more than 100 people listed), then diffs, at most one a second.
+    assert presence["snapshots"] == 20 and 0 < presence["snapshot_users_max"] <= 20
+    assert presence["snapshot_bytes_max"] >= presence["snapshot_bytes_mean"] > 0
+    assert presence["diffs"] > 0 and presence["diff_bytes"] > 0
+    assert presence["diff_gaps_under_0_9_s"] == 0
+    assert presence["after_joins"]["bytes_per_client_s"] is not None
+    assert presence["by_second"] and len(presence["by_room_size"]) == 4
+    # Once the room settled, every tab shows the whole room.
+    assert presence["last_count"] == {"expected": 20, "matching": 20, "none": 0, "min": 20, "max": 20,
+                                      "values": {"20": 20}}
+    assert memory["rss_before_mb"] > 0 and memory["rss_peak_mb"] >= memory["rss_held_mb"] > 0
+    assert memory["kb_per_socket"] is not None and memory["rss_after_mb"] > 0
+    assert len(result["client"]["rss_mb"]) == 2
+    assert chat["sent"] == 2 and chat["expected"] == chat["delivered"] == 40 and chat["pass"]
+    assert 0 < chat["latency_ms"]["p50"] <= chat["latency_ms"]["p99"]
+
+
+def test_bigroom_presence_by_second_and_by_room_size():
+    # Two workers: welcomes in seconds 100 and 101, diff bytes in 100-102.
+    answers = [{"by_second": {100: 0, 101: 300, 102: 400}, "welcomes": {100: 2, 101: 2}},
+               {"by_second": {101: 300, 102: 400}, "welcomes": {100: 2, 101: 2}}]
+
+    rows = by_second(answers, start=100.2, end=102.5)
+
+    assert rows == [[0, 4, 0.0], [1, 8, 75.0], [2, 8, 100.0]]
+    assert by_room_size(rows, 8, parts=2) == [
+        {"room_size": "1-4", "seconds": 1, "bytes_per_client_s": 0.0},
+        {"room_size": "5-8", "seconds": 2, "bytes_per_client_s": 87.5},
+    ]
+
+
+def test_storm_after_a_restart_every_tab_comes_back_and_misses_nothing(project):
+    load = Load(clients=20, senders=2, rate=2.0, duration=2.0, drain=2.0, concurrency=10, procs=2)
+    first_pid = project.pid
+
+    result = storm(project, load, cause="restart", backoff="jitter", timeout=30)
+
+    assert project.pid != first_pid  # a new process on the same port
+    assert result["restart"]["up_s"] > 0
+    assert result["dropped"] == result["back"] == 20 and result["not_back"] == 0
+    assert 0 < result["back_s"]["p50"] <= result["all_back_s"] < 30
+    assert result["reconnects_per_s"] > 0 and result["attempts"] >= 20
+    assert sum(n for _, n in result["back_by_second"]) == 20
+    messages = result["messages"]
+    assert messages["stored"] > 0 and messages["gaps"] == 0 and messages["not_connected_at_end"] == 0
+    assert messages["received"] == 20 * messages["stored"]  # all joined before the first was sent
+    assert messages["sent_before_storm"] == 2  # each sender's first, a second before the restart
+    assert messages["sent"] > 2 and messages["sent_not_stored"] == 0  # the browser resends what got no echo
+
+
+def test_storm_drop_without_backoff(project):
+    load = Load(clients=20, senders=2, rate=2.0, duration=2.0, drain=2.0, concurrency=10, procs=2)
+
+    result = storm(project, load, cause="drop", backoff="none", timeout=30)
+
+    assert "restart" not in result
+    assert result["dropped"] == result["back"] == 20 and result["all_back_s"] is not None
+    messages = result["messages"]
+    assert messages["gaps"] == 0 and messages["received"] == 20 * messages["stored"] > 0
+    assert messages["sent_not_stored"] == 0
+
+
+def test_storm_backoff_and_figures_without_a_server():
+    assert backoff_delay("none", 1, 0.1) == 0.0 and backoff_delay("none", 5, 0.1) == 0.1
+    assert all(0 <= backoff_delay("jitter", 1, 0.1) < 1.0 for _ in range(100))  # chat.js: 500 ms * 2^1
+    assert all(0 <= backoff_delay("jitter", 10, 0.1) < 15.0 for _ in range(100))  # capped at 15 s
+    clients = [{"down_s": 0.0, "back_s": 0.4, "attempts": 1, "failures": {}},
+               {"down_s": 0.0, "back_s": 1.6, "attempts": 3, "failures": {"timeout": 2}},
+               {"down_s": 0.0, "back_s": None, "attempts": 4, "failures": {"timeout": 4}},
+               {"down_s": None, "back_s": None, "attempts": 0, "failures": {}}]
+
+    found = back_figures(clients, {"stop_s": 0.1, "start_s": 0.5, "up_s": 0.6})
+
+    assert (found["dropped"], found["back"], found["not_back"], found["never_dropped"]) == (3, 2, 1, 1)
+    assert found["all_back_s"] is None  # one never came back
+    assert found["back_s"]["max"] == 1.6 and found["back_by_second"] == [[0, 1], [1, 1]]
+    assert found["failed_attempts"] == 6 and found["attempts"] == 8 and found["attempts_max"] == 4
+    assert found["all_back_after_server_up_s"] is None and found["reconnects_per_s_after_server_up"] == 2.0
