@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # daphne's limit for one incoming websocket message (the contract: 16 KiB).
 DAPHNE_ARGS := --websocket-max-message-size 16384 --websocket-max-frame-size 16384
 
-.PHONY: run test bench migrate clean
+.PHONY: run test lint bench migrate clean
 
 $(BIN)/.installed-run: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ $(STATIC_ROOT)/staticfiles.json: $(STATIC_SOURCES) $(BIN)/.installed-run
 run: migrate $(if $(DEBUG_OFF),$(STATIC_ROOT)/staticfiles.json)
 	$(BIN)/python -m chatsite.server -b 127.0.0.1 -p $(PORT) $(DAPHNE_ARGS) chatsite.asgi:application
 
-## Set up and run the whole test suite.
-test: $(BIN)/.installed-test
+## Lint and types (pyproject.toml): ruff's checks and format, then mypy on chat/ and chatsite/.
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Set up and run the whole test suite (lint and types first).
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(BIN)/.installed-bench: requirements-bench.txt $(BIN)/.installed-test

@@ -529,3 +529,49 @@ async def test_query_counts_per_operation(all_queries):
     assert all_queries.count == 1, all_queries.statements
     await tab.close()
     await first.close()
+
+
+class RedisCommands:
+    """The commands the process sends to Redis from now on (presence, limits, the channel layer).
+
+    Leaves out what the hub sends on its own timers, whatever the sockets do:
+    the presence poll (``MGET``, four times a second) and the layer probe
+    (``PUBLISH`` to its own channel, every second).
+    """
+
+    PERIODIC = frozenset({"MGET", "PUBLISH"})
+
+    def __init__(self, monkeypatch) -> None:
+        from redis.asyncio.client import PubSub, Redis
+
+        self.names: list[str] = []
+        for cls in (Redis, PubSub):
+            original = cls.execute_command
+
+            async def counting(client, *args, _original=original, **kwargs):
+                if str(args[0]).upper() not in self.PERIODIC:
+                    self.names.append(str(args[0]).upper())
+                return await _original(client, *args, **kwargs)
+
+            monkeypatch.setattr(cls, "execute_command", counting)
+
+
+@pytest.mark.redis
+async def test_redis_commands_per_connect_and_close(monkeypatch):
+    watcher = await open_tab(await new_browser())  # the process already serves the room
+    key = await new_browser()
+    commands = RedisCommands(monkeypatch)
+    tab = Tab(key)
+    await tab.open()
+    await tab.recv_type("presence")
+    # The socket cap, the presence entry and the read of the room's people: one script.
+    assert commands.names == ["EVALSHA"], commands.names
+    commands.names.clear()
+    await tab.close()
+    for _ in range(50):
+        if commands.names:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert commands.names == ["EVALSHA"], commands.names  # out of the cap and of presence, one script
+    await watcher.close()
