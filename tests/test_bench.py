@@ -186,7 +186,8 @@ def test_storm_after_a_restart_every_tab_comes_back_and_misses_nothing(project):
     messages = result["messages"]
     assert messages["stored"] > 0 and messages["gaps"] == 0 and messages["not_connected_at_end"] == 0
     assert messages["received"] == 20 * messages["stored"]  # all joined before the first was sent
-    assert messages["sent_before_storm"] == 2  # each sender's first, a second before the restart
+    # Each sender's first, a second before the restart (its second is due at the restart itself).
+    assert 2 <= messages["sent_before_storm"] <= 4
     assert messages["sent"] > 2 and messages["sent_not_stored"] == 0  # the browser resends what got no echo
 
 
