@@ -124,21 +124,39 @@ class BigRoomWorker(Worker):
         after_s = sum(now - c.mark_at for c in clients)
         gaps = [c.min_gap for c in clients if c.min_gap != float("inf")]
         return {
-            "clients": len(clients), "open": sum(c.open_now for c in clients),
+            "clients": len(clients),
+            "open": sum(c.open_now for c in clients),
             "counts": dict(Counter(c.count for c in clients)),
-            "snapshots": sum(c.snapshots for c in clients), "snapshot_bytes": sum(c.snapshot_bytes for c in clients),
+            "snapshots": sum(c.snapshots for c in clients),
+            "snapshot_bytes": sum(c.snapshot_bytes for c in clients),
             "snapshot_bytes_max": max((c.snapshot_bytes for c in clients if c.snapshots), default=0),
             "snapshot_users_max": max((c.snapshot_users for c in clients), default=0),
-            "diffs": sum(c.diffs for c in clients), "diff_bytes": sum(c.diff_bytes for c in clients),
-            "during": {"bytes": during_bytes, "client_s": during_s,
-                       "rates": [round(c.mark_bytes / (c.mark_at - c.welcome_at), 1) for c in clients
-                                 if c.mark_at - c.welcome_at >= MIN_WINDOW]},
-            "after": {"bytes": after_bytes, "client_s": after_s,
-                      "rates": [round((c.diff_bytes - c.mark_bytes) / (now - c.mark_at), 1) for c in clients
-                                if now - c.mark_at >= MIN_WINDOW]},
-            "gap_min_s": min(gaps, default=None), "short_gaps": sum(g < SHORT_GAP for g in gaps),
-            "by_second": dict(self.totals.diff_bytes), "welcomes": dict(self.totals.welcomes),
-            "rss_kb": _own_rss_kb(), "rss_start_kb": self.rss_start_kb,
+            "diffs": sum(c.diffs for c in clients),
+            "diff_bytes": sum(c.diff_bytes for c in clients),
+            "during": {
+                "bytes": during_bytes,
+                "client_s": during_s,
+                "rates": [
+                    round(c.mark_bytes / (c.mark_at - c.welcome_at), 1)
+                    for c in clients
+                    if c.mark_at - c.welcome_at >= MIN_WINDOW
+                ],
+            },
+            "after": {
+                "bytes": after_bytes,
+                "client_s": after_s,
+                "rates": [
+                    round((c.diff_bytes - c.mark_bytes) / (now - c.mark_at), 1)
+                    for c in clients
+                    if now - c.mark_at >= MIN_WINDOW
+                ],
+            },
+            "gap_min_s": min(gaps, default=None),
+            "short_gaps": sum(g < SHORT_GAP for g in gaps),
+            "by_second": dict(self.totals.diff_bytes),
+            "welcomes": dict(self.totals.welcomes),
+            "rss_kb": _own_rss_kb(),
+            "rss_start_kb": self.rss_start_kb,
         }
 
 
@@ -152,9 +170,14 @@ def _rate_figures(answers: list[dict[str, Any]], window: str) -> dict[str, Any]:
     total = sum(a[window]["bytes"] for a in answers)
     client_s = sum(a[window]["client_s"] for a in answers)
     rates = [r for a in answers for r in a[window]["rates"]]
-    return {"bytes": total, "bytes_per_client_s": round(total / client_s, 1) if client_s else None,
-            "clients_measured": len(rates), "per_client_p50": rank_percentile(rates, 50),
-            "per_client_p99": rank_percentile(rates, 99), "per_client_max": rank_percentile(rates, 100)}
+    return {
+        "bytes": total,
+        "bytes_per_client_s": round(total / client_s, 1) if client_s else None,
+        "clients_measured": len(rates),
+        "per_client_p50": rank_percentile(rates, 50),
+        "per_client_p99": rank_percentile(rates, 99),
+        "per_client_max": rank_percentile(rates, 100),
+    }
 
 
 def by_second(answers: list[dict[str, Any]], start: float, end: float) -> list[list[float]]:
@@ -178,21 +201,31 @@ def by_room_size(rows: list[list[float]], clients: int, parts: int = 4) -> list[
     for p in range(parts):
         low, high = p * clients / parts, (p + 1) * clients / parts
         values = [r[2] for r in rows if low < r[1] <= high]
-        groups.append({"room_size": f"{int(low) + 1}-{int(high)}", "seconds": len(values),
-                       "bytes_per_client_s": round(sum(values) / len(values), 1) if values else None})
+        groups.append(
+            {
+                "room_size": f"{int(low) + 1}-{int(high)}",
+                "seconds": len(values),
+                "bytes_per_client_s": round(sum(values) / len(values), 1) if values else None,
+            }
+        )
     return groups
 
 
-def bigroom(target: Target, load: Load, *, settle: float = SETTLE, join_deadline: float | None = None
-            ) -> dict[str, Any]:
+def bigroom(
+    target: Target, load: Load, *, settle: float = SETTLE, join_deadline: float | None = None
+) -> dict[str, Any]:
     """N browsers join one room, presence is read, K senders chat, all leave: the figures (see the module)."""
     room = new_room()
     cfg = Config(target.kind, target.host, target.port, room, load.open_timeout)
     warm_up(target, room)
     time.sleep(1)
     before = sample(target.pid)
-    result: dict[str, Any] = {"load": vars(load).copy(), "settle_s": settle, "join_deadline_s": join_deadline,
-                              "server_pid": target.pid}
+    result: dict[str, Any] = {
+        "load": vars(load).copy(),
+        "settle_s": settle,
+        "join_deadline_s": join_deadline,
+        "server_pid": target.pid,
+    }
     series: list[list[float]] = []  # [s since the joins began, server RSS MB, server open files]
 
     def watch(seconds: float) -> None:
@@ -200,8 +233,10 @@ def bigroom(target: Target, load: Load, *, settle: float = SETTLE, join_deadline
         if now is not None:
             series.append([round(seconds, 1), round(now.rss_kb / 1024, 1), open_files(target.pid) or 0])
             if len(series) % 10 == 1:
-                print(f"  joining t={seconds:5.0f} s: server RSS {series[-1][1]} MB, {series[-1][2]} open files",
-                      flush=True)
+                print(
+                    f"  joining t={seconds:5.0f} s: server RSS {series[-1][1]} MB, {series[-1][2]} open files",
+                    flush=True,
+                )
 
     pool = Pool(lambda ids, share: BigRoomWorker(cfg, ids, share), load.clients, load.procs, load.concurrency)
     try:
@@ -218,9 +253,11 @@ def bigroom(target: Target, load: Load, *, settle: float = SETTLE, join_deadline
         presence = pool.call("presence")
         result["presence"] = presence_figures(presence, connected, joins_started, joins_ended)
         result["client"] = {
-            "workers": len(presence), "rss_mb": [round(a["rss_kb"] / 1024, 1) for a in presence],
+            "workers": len(presence),
+            "rss_mb": [round(a["rss_kb"] / 1024, 1) for a in presence],
             # What the workers grew by holding their sockets, per socket.
-            "kb_per_socket": round(sum(a["rss_kb"] - a["rss_start_kb"] for a in presence) / max(1, connected), 1)}
+            "kb_per_socket": round(sum(a["rss_kb"] - a["rss_start_kb"] for a in presence) / max(1, connected), 1),
+        }
         _print_presence(result)
         if connected:
             result["chat"] = step(pool, target, load, connected, "chat", load.rate, load.duration)
@@ -248,45 +285,62 @@ def presence_figures(answers: list[dict[str, Any]], connected: int, start: float
         "snapshot_bytes_mean": round(sum(a["snapshot_bytes"] for a in answers) / snapshots, 1) if snapshots else None,
         "snapshot_bytes_max": max(a["snapshot_bytes_max"] for a in answers),
         "snapshot_users_max": max(a["snapshot_users_max"] for a in answers),
-        "diffs": sum(a["diffs"] for a in answers), "diff_bytes": sum(a["diff_bytes"] for a in answers),
-        "during_joins": _rate_figures(answers, "during"), "after_joins": _rate_figures(answers, "after"),
-        "by_room_size": by_room_size(rows, connected), "by_second": rows,
+        "diffs": sum(a["diffs"] for a in answers),
+        "diff_bytes": sum(a["diff_bytes"] for a in answers),
+        "during_joins": _rate_figures(answers, "during"),
+        "after_joins": _rate_figures(answers, "after"),
+        "by_room_size": by_room_size(rows, connected),
+        "by_second": rows,
         "diff_gap_min_s": min((a["gap_min_s"] for a in answers if a["gap_min_s"] is not None), default=None),
         "diff_gaps_under_0_9_s": sum(a["short_gaps"] for a in answers),
-        "last_count": {"expected": connected, "matching": counts.get(connected, 0),
-                       "none": counts.get(None, 0), "min": min(seen, default=None), "max": max(seen, default=None),
-                       "values": {str(k): n for k, n in counts.most_common(10)}},
+        "last_count": {
+            "expected": connected,
+            "matching": counts.get(connected, 0),
+            "none": counts.get(None, 0),
+            "min": min(seen, default=None),
+            "max": max(seen, default=None),
+            "values": {str(k): n for k, n in counts.most_common(10)},
+        },
     }
 
 
 def memory_figures(before: Any, held: Any, after: Any, peak_kb: int | None, connected: int) -> dict[str, Any]:
     if before is None or held is None:
         return {}
-    return {"rss_before_mb": round(before.rss_kb / 1024, 1), "rss_held_mb": round(held.rss_kb / 1024, 1),
-            "rss_peak_mb": round(peak_kb / 1024, 1) if peak_kb else None,
-            "rss_after_mb": round(after.rss_kb / 1024, 1) if after else None,
-            "kb_per_socket": round((held.rss_kb - before.rss_kb) / max(1, connected), 1),
-            "peak_kb_per_socket": round((peak_kb - before.rss_kb) / max(1, connected), 1) if peak_kb else None}
+    return {
+        "rss_before_mb": round(before.rss_kb / 1024, 1),
+        "rss_held_mb": round(held.rss_kb / 1024, 1),
+        "rss_peak_mb": round(peak_kb / 1024, 1) if peak_kb else None,
+        "rss_after_mb": round(after.rss_kb / 1024, 1) if after else None,
+        "kb_per_socket": round((held.rss_kb - before.rss_kb) / max(1, connected), 1),
+        "peak_kb_per_socket": round((peak_kb - before.rss_kb) / max(1, connected), 1) if peak_kb else None,
+    }
 
 
 def _print_presence(r: dict[str, Any]) -> None:
     p = r["presence"]
     if p:
         d, a, last = p["during_joins"], p["after_joins"], p["last_count"]
-        print(f"  presence: snapshot {p['snapshot_bytes_mean']} B mean, {p['snapshot_bytes_max']} B max, "
-              f"<= {p['snapshot_users_max']} people listed; diffs per client per second: "
-              f"{d['bytes_per_client_s']} B while joining (p99 {d['per_client_p99']}, max {d['per_client_max']}), "
-              f"{a['bytes_per_client_s']} B after (max {a['per_client_max']}); by room size "
-              + ", ".join(f"{g['room_size']}: {g['bytes_per_client_s']}" for g in p["by_room_size"])
-              + f"; shortest gap between two diffs {p['diff_gap_min_s'] and round(p['diff_gap_min_s'], 3)} s; "
-              f"last count seen = {last['expected']} by {last['matching']} clients "
-              f"(min {last['min']}, max {last['max']}, none {last['none']}); client "
-              f"{r['client']['kb_per_socket']} KB per socket", flush=True)
+        print(
+            f"  presence: snapshot {p['snapshot_bytes_mean']} B mean, {p['snapshot_bytes_max']} B max, "
+            f"<= {p['snapshot_users_max']} people listed; diffs per client per second: "
+            f"{d['bytes_per_client_s']} B while joining (p99 {d['per_client_p99']}, max {d['per_client_max']}), "
+            f"{a['bytes_per_client_s']} B after (max {a['per_client_max']}); by room size "
+            + ", ".join(f"{g['room_size']}: {g['bytes_per_client_s']}" for g in p["by_room_size"])
+            + f"; shortest gap between two diffs {p['diff_gap_min_s'] and round(p['diff_gap_min_s'], 3)} s; "
+            f"last count seen = {last['expected']} by {last['matching']} clients "
+            f"(min {last['min']}, max {last['max']}, none {last['none']}); client "
+            f"{r['client']['kb_per_socket']} KB per socket",
+            flush=True,
+        )
 
 
 def _print(r: dict[str, Any]) -> None:
     c, m = r["connect"], r.get("memory", {})
     if m:
-        print(f"  memory: server RSS {m['rss_before_mb']} MB before, peak {m['rss_peak_mb']} MB, "
-              f"{m['rss_held_mb']} MB holding {c['ok']} = {m['kb_per_socket']} KB per socket, "
-              f"{m['rss_after_mb']} MB after they left (closing took {r['drain_s']} s)", flush=True)
+        print(
+            f"  memory: server RSS {m['rss_before_mb']} MB before, peak {m['rss_peak_mb']} MB, "
+            f"{m['rss_held_mb']} MB holding {c['ok']} = {m['kb_per_socket']} KB per socket, "
+            f"{m['rss_after_mb']} MB after they left (closing took {r['drain_s']} s)",
+            flush=True,
+        )

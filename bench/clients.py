@@ -65,8 +65,10 @@ async def page_cookie(cfg: Config) -> str:
     """Load the room page like a browser; return its cookies as a ``Cookie`` header."""
     reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
     try:
-        writer.write(f"GET /chat/{cfg.room}/ HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\nAccept: text/html\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET /chat/{cfg.room}/ HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\nAccept: text/html\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         head = await reader.readuntil(b"\r\n\r\n")
         await reader.read()  # the page itself, until the server closes
     finally:
@@ -75,16 +77,23 @@ async def page_cookie(cfg: Config) -> str:
     status = int(lines[0].split()[1])
     if status != 200:
         raise ConnectionError(f"page load: HTTP {status}")
-    return "; ".join(line.split(":", 1)[1].split(";", 1)[0].strip()
-                     for line in lines[1:] if line.lower().startswith("set-cookie:"))
+    return "; ".join(
+        line.split(":", 1)[1].split(";", 1)[0].strip() for line in lines[1:] if line.lower().startswith("set-cookie:")
+    )
 
 
 async def open_socket(cfg: Config, cookie: str | None) -> ClientConnection:
     """Open the room's websocket (no compression, no keep-alive pings: neither is measured)."""
     return await connect(
-        f"ws://{cfg.host}:{cfg.port}/ws/chat/{cfg.room}/", origin=Origin(cfg.origin),
-        additional_headers={"Cookie": cookie} if cookie else None, compression=None, proxy=None,
-        max_size=None, ping_interval=None, open_timeout=cfg.open_timeout, close_timeout=2,
+        f"ws://{cfg.host}:{cfg.port}/ws/chat/{cfg.room}/",
+        origin=Origin(cfg.origin),
+        additional_headers={"Cookie": cookie} if cookie else None,
+        compression=None,
+        proxy=None,
+        max_size=None,
+        ping_interval=None,
+        open_timeout=cfg.open_timeout,
+        close_timeout=2,
     )
 
 
@@ -157,7 +166,7 @@ class Tally:
         if not isinstance(text, str) or not text.startswith(self.prefix):
             self.stale += 1  # an earlier step's late delivery
             return
-        message_key, sent_ns = text[len(self.prefix):].rsplit(":", 1)
+        message_key, sent_ns = text[len(self.prefix) :].rsplit(":", 1)
         latency_us = (now_ns - int(sent_ns)) // 1000
         self.max_us = max(self.max_us, latency_us)
         self.hist[bucket(latency_us)] += 1
@@ -210,8 +219,7 @@ class Worker:
         self.ids, self.concurrency = ids, concurrency
         self.tallies = [Tally() for _ in self.cfgs]  # one per server
         self.clients: dict[int, Any] = {}  # the clients that became ready
-        self.commands: dict[str, Callable[..., Any]] = {"connect": self.connect, "step": self.step,
-                                                         "close": self.close}
+        self.commands: dict[str, Callable[..., Any]] = {"connect": self.connect, "step": self.step, "close": self.close}
 
     def server_of(self, index: int) -> int:
         """Which of ``cfgs`` client ``index`` talks to."""
@@ -243,18 +251,23 @@ class Worker:
                 client, started = self.make_client(index), time.perf_counter()
                 try:
                     await asyncio.wait_for(client.open(), self.cfg.open_timeout)
-                except Exception as exc:  # noqa: BLE001 - every failure is counted by cause
+                except Exception as exc:  # every failure is counted by cause
                     failures[describe(exc)] += 1
                     return
                 ready_ms.append((time.perf_counter() - started) * 1000)
                 self.clients[index] = client
 
         await asyncio.gather(*(one(i) for i in self.ids))
-        return {"ready_ms": ready_ms, "failures": dict(failures), "end": time.time(),
-                "ready_by_server": [sum(self.server_of(i) == s for i in self.clients) for s in range(len(self.cfgs))]}
+        return {
+            "ready_ms": ready_ms,
+            "failures": dict(failures),
+            "end": time.time(),
+            "ready_by_server": [sum(self.server_of(i) == s for i in self.clients) for s in range(len(self.cfgs))],
+        }
 
-    async def step(self, tag: str, rate: float, senders: int, start_at: float, duration: float,
-                   drain: float) -> dict[str, Any]:
+    async def step(
+        self, tag: str, rate: float, senders: int, start_at: float, duration: float, drain: float
+    ) -> dict[str, Any]:
         """Send at ``rate`` messages/s in all (sender i at start + i/rate + n*senders/rate), then drain."""
         loop = asyncio.get_running_loop()
         for tally in self.tallies:
@@ -287,19 +300,26 @@ class Worker:
         tallies = self.tallies
         hist: Counter[int] = sum((Counter(t.hist) for t in tallies), Counter())
         return {
-            "sent": sum(r[0] for r in results), "send_failures": sum(r[1] for r in results),
+            "sent": sum(r[0] for r in results),
+            "send_failures": sum(r[1] for r in results),
             "late_max_ms": max([r[2] for r in results] or [0.0]) * 1000,
-            "delivered": sum(t.delivered for t in tallies), "hist": dict(hist),
-            "max_us": max(t.max_us for t in tallies), "stale": sum(t.stale for t in tallies),
-            "other": sum(t.other for t in tallies), "errors": dict(sum((t.errors for t in tallies), Counter())),
+            "delivered": sum(t.delivered for t in tallies),
+            "hist": dict(hist),
+            "max_us": max(t.max_us for t in tallies),
+            "stale": sum(t.stale for t in tallies),
+            "other": sum(t.other for t in tallies),
+            "errors": dict(sum((t.errors for t in tallies), Counter())),
             "closed": sum(not c.open_now for c in self.clients.values()),
             "cpu_util": (window["end"] - window["start"]) / duration,
             # Per server: its clients here, what its senders here sent, and what its clients here received.
             "by_server": [
-                {"clients": sum(self.server_of(i) == s for i in self.clients),
-                 "senders": sum(self.server_of(i) == s for i in sending),
-                 "sent": sum(r[0] for i, r in zip(sending, results, strict=True) if self.server_of(i) == s),
-                 "delivered": t.delivered, "messages": dict(t.messages)}
+                {
+                    "clients": sum(self.server_of(i) == s for i in self.clients),
+                    "senders": sum(self.server_of(i) == s for i in sending),
+                    "sent": sum(r[0] for i, r in zip(sending, results, strict=True) if self.server_of(i) == s),
+                    "delivered": t.delivered,
+                    "messages": dict(t.messages),
+                }
                 for s, t in enumerate(tallies)
             ],
         }
@@ -317,6 +337,7 @@ class Worker:
 
 def _serve(pipe: Connection, make_worker: Callable[[], Any]) -> None:
     """A worker process: run the commands the pool sends until ``close``."""
+
     async def main() -> None:
         worker = make_worker()
         loop = asyncio.get_running_loop()
@@ -324,7 +345,7 @@ def _serve(pipe: Connection, make_worker: Callable[[], Any]) -> None:
             command, kwargs = await loop.run_in_executor(None, pipe.recv)
             try:
                 answer = await worker.commands[command](**kwargs)
-            except Exception:  # noqa: BLE001 - the pool raises it in the main process
+            except Exception:  # the pool raises it in the main process
                 answer = {"error": traceback.format_exc()}
             pipe.send(answer)
             if command == "close":
@@ -336,8 +357,9 @@ def _serve(pipe: Connection, make_worker: Callable[[], Any]) -> None:
 class Pool:
     """``procs`` worker processes; client i belongs to worker i % procs."""
 
-    def __init__(self, make_worker: Callable[[list[int], int], Any], clients: int, procs: int,
-                 concurrency: int) -> None:
+    def __init__(
+        self, make_worker: Callable[[list[int], int], Any], clients: int, procs: int, concurrency: int
+    ) -> None:
         procs = max(1, min(procs, clients))
         share = max(1, -(-concurrency // procs))  # each worker's part of the concurrency, rounded up
         context = multiprocessing.get_context("fork")
@@ -346,8 +368,9 @@ class Pool:
         for w in range(procs):
             ids = list(range(w, clients, procs))
             ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, lambda ids=ids: make_worker(ids, share)),
-                                      daemon=True)
+            process = context.Process(
+                target=_serve, args=(theirs, lambda ids=ids: make_worker(ids, share)), daemon=True
+            )
             process.start()
             self.pipes.append(ours)
             self.processes.append(process)
@@ -389,5 +412,5 @@ class Pool:
 
 def raise_open_files_limit() -> None:
     """Thousands of sockets need as many file descriptors: raise the soft limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -57,8 +57,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "soak": {"clients": 300, "rate": 10.0, "drain": 10.0},
     "compare": {"clients": 1000, "senders": 20, "rate": 20.0},
     "scale": {"clients": 100, "senders": 10, "rate": 20.0, "duration": 6.0, "drain": 3.0},
-    "bigroom": {"clients": 10000, "senders": 2, "rate": 2.0, "duration": 10.0, "drain": 5.0, "warmup": 0.0,
-                "concurrency": 100, "procs": 4, "open_timeout": 60.0},
+    "bigroom": {
+        "clients": 10000,
+        "senders": 2,
+        "rate": 2.0,
+        "duration": 10.0,
+        "drain": 5.0,
+        "warmup": 0.0,
+        "concurrency": 100,
+        "procs": 4,
+        "open_timeout": 60.0,
+    },
     "storm": {"clients": 1000, "senders": 2, "rate": 2.0, "duration": 5.0, "drain": 5.0},
 }
 # Senders above the default limit (1 message/s each after a burst of 10) would be refused.
@@ -78,17 +87,24 @@ def servers(kind: str, args: argparse.Namespace, raised_limit: bool, count: int 
     if args.url:
         url = urlsplit(args.url)
         if raised_limit:
-            print(f"  note: this load needs the rate limit raised on {args.url} "
-                  f"({' '.join(f'{k}={v}' for k, v in RAISED_LIMIT.items())})", flush=True)
+            print(
+                f"  note: this load needs the rate limit raised on {args.url} "
+                f"({' '.join(f'{k}={v}' for k, v in RAISED_LIMIT.items())})",
+                flush=True,
+            )
         yield [Target(kind, url.hostname or "127.0.0.1", url.port or 80, args.server_pid, {"url": args.url})]
         return
     logs = args.out / "logs"
     extra = RAISED_LIMIT if raised_limit and kind == "project" else {}
-    targets = (start_projects(count, log_dir=logs, extra_env=extra) if kind == "project"
-               else [start_baseline(log_dir=logs)])
+    targets = (
+        start_projects(count, log_dir=logs, extra_env=extra) if kind == "project" else [start_baseline(log_dir=logs)]
+    )
     for target in targets:
-        print(f"{kind} server: pid {target.pid} on {target.base}; "
-              f"{', '.join(f'{k}={v}' for k, v in target.settings.items())}", flush=True)
+        print(
+            f"{kind} server: pid {target.pid} on {target.base}; "
+            f"{', '.join(f'{k}={v}' for k, v in target.settings.items())}",
+            flush=True,
+        )
     try:
         yield targets
     finally:
@@ -114,8 +130,14 @@ def run_one(scenario: str, kind: str, args: argparse.Namespace, load: Load) -> d
         if scenario == "bigroom":
             result = bigroom(target, load, settle=args.settle, join_deadline=args.join_deadline)
         elif scenario == "storm":
-            result = storm(target, load, cause=args.cause or ("drop" if args.url else "restart"),
-                           backoff=args.backoff, timeout=args.storm_timeout, retry_every=args.retry_every)
+            result = storm(
+                target,
+                load,
+                cause=args.cause or ("drop" if args.url else "restart"),
+                backoff=args.backoff,
+                timeout=args.storm_timeout,
+                retry_every=args.retry_every,
+            )
         elif scenario in ("fanout", "ramp"):
             result = scenarios.fanout(target, load, ramp=ramp)
         elif scenario == "connect":
@@ -135,9 +157,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def headline(run: dict[str, Any]) -> dict[str, Any]:
     """The figures compare sets side by side: fan-out rate and p99, the ramp's best rate, connects/s."""
     step = (run["fanout"].get("steps") or [{}])[0]
-    return {"deliveries_per_s": step.get("deliveries_per_s"), "p99_ms": step.get("latency_ms", {}).get("p99"),
-            "ramp_best_rate": (run["ramp"].get("best") or {}).get("rate"),
-            "connects_per_s": run["connect"]["connect"]["connects_per_s"]}
+    return {
+        "deliveries_per_s": step.get("deliveries_per_s"),
+        "p99_ms": step.get("latency_ms", {}).get("p99"),
+        "ramp_best_rate": (run["ramp"].get("best") or {}).get("rate"),
+        "connects_per_s": run["connect"]["connect"]["connects_per_s"],
+    }
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,8 +173,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     conn = Load(clients=fan.clients, concurrency=fan.concurrency, procs=fan.procs)
     runs: dict[str, dict[str, Any]] = {}
     for kind in ("project", "baseline"):
-        runs[kind] = {"fanout": run_one("fanout", kind, args, fan), "ramp": run_one("ramp", kind, args, ramp),
-                      "connect": run_one("connect", kind, args, conn)}
+        runs[kind] = {
+            "fanout": run_one("fanout", kind, args, fan),
+            "ramp": run_one("ramp", kind, args, ramp),
+            "connect": run_one("connect", kind, args, conn),
+        }
 
     result: dict[str, Any] = {"runs": runs, "ratios": {}}
     print("compare (project / baseline):", flush=True)
@@ -167,8 +195,9 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("scenario", choices=sorted(DEFAULTS))
     ap.add_argument("--target", choices=("project", "baseline"), default="project", help="the server to measure")
     ap.add_argument("--url", help="measure the server already running there (e.g. http://127.0.0.1:8101)")
@@ -190,19 +219,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--flaky", type=float, default=0.1, help="soak: share of clients that drop and reconnect")
     ap.add_argument("--reconnect-every", type=float, default=5.0, help="soak: seconds between drops (±50 %%)")
     ap.add_argument("--ramp-clients", type=int, default=100, help="compare: clients of the ramp")
-    ap.add_argument("--settle", type=float, default=SETTLE,
-                    help="bigroom: seconds after the last join before presence is read and the chat starts")
-    ap.add_argument("--join-deadline", type=float, default=600.0,
-                    help="bigroom: no more joins are started after this many seconds (they count as failures)")
-    ap.add_argument("--cause", choices=CAUSES,
-                    help="storm: restart the server (SIGTERM), kill it (SIGKILL), or drop every socket "
-                         "(default: restart; drop with --url)")
-    ap.add_argument("--backoff", choices=BACKOFFS, default="jitter",
-                    help="storm: reconnect as chat.js does (jitter), or at once (none: the worst case)")
-    ap.add_argument("--retry-every", type=float, default=0.1,
-                    help="storm, --backoff none: seconds between a failed attempt and the next")
-    ap.add_argument("--storm-timeout", type=float, default=120.0,
-                    help="storm: tabs not back this many seconds after the storm count as not back")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE,
+        help="bigroom: seconds after the last join before presence is read and the chat starts",
+    )
+    ap.add_argument(
+        "--join-deadline",
+        type=float,
+        default=600.0,
+        help="bigroom: no more joins are started after this many seconds (they count as failures)",
+    )
+    ap.add_argument(
+        "--cause",
+        choices=CAUSES,
+        help="storm: restart the server (SIGTERM), kill it (SIGKILL), or drop every socket "
+        "(default: restart; drop with --url)",
+    )
+    ap.add_argument(
+        "--backoff",
+        choices=BACKOFFS,
+        default="jitter",
+        help="storm: reconnect as chat.js does (jitter), or at once (none: the worst case)",
+    )
+    ap.add_argument(
+        "--retry-every",
+        type=float,
+        default=0.1,
+        help="storm, --backoff none: seconds between a failed attempt and the next",
+    )
+    ap.add_argument(
+        "--storm-timeout",
+        type=float,
+        default=120.0,
+        help="storm: tabs not back this many seconds after the storm count as not back",
+    )
     ap.add_argument("--plot", type=Path, help="ramp/compare/scale: where the PNG goes (default: next to the JSON)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory of the results files")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. what else ran)")
@@ -228,19 +280,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = scale(args)
     else:
         result = run_one(args.scenario, args.target, args, load_from(args, args.scenario))
-    result.update(scenario=args.scenario, command=" ".join(["python -m bench.load", *(argv or sys.argv[1:])]),
-                  started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                  elapsed_s=round(time.time() - started, 1), note=args.note,
-                  machine={"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "loadavg_at_start": loadavg_at_start, "loadavg_at_end": os.getloadavg()})
+    result.update(
+        scenario=args.scenario,
+        command=" ".join(["python -m bench.load", *(argv or sys.argv[1:])]),
+        started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        elapsed_s=round(time.time() - started, 1),
+        note=args.note,
+        machine={
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": loadavg_at_start,
+            "loadavg_at_end": os.getloadavg(),
+        },
+    )
     path = save(result, args.scenario, args.out)
     print(f"results: {path}", flush=True)
     if args.scenario in ("ramp", "compare", "scale"):
         if args.scenario == "compare":
             ramps = {kind: run["ramp"].get("steps", []) for kind, run in result["runs"].items()}
         elif args.scenario == "scale":
-            ramps = {f"project, {scenarios.processes_text(count)}": run.get("steps", [])
-                     for count, run in result["runs"].items()}
+            ramps = {
+                f"project, {scenarios.processes_text(count)}": run.get("steps", [])
+                for count, run in result["runs"].items()
+            }
         else:
             ramps = {args.target: result.get("steps", [])}
         plot = plot_latency(ramps, args.plot or path.with_suffix(".png"), load_from(args, "ramp").p99_max)

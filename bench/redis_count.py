@@ -11,13 +11,14 @@ scripts, the ``PUBLISH`` payload sizes, and Redis's ``INFO commandstats``.
 Everything it starts is stopped at the end. MONITOR slows Redis: the
 per-call times are upper bounds.
 """
+
 import argparse
 import ast
-import shutil
 import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,53 +28,98 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from http.cookies import SimpleCookie
-import websockets
-
 from pathlib import Path
+
+import websockets
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 PY = sys.executable
 RPORT = 6397
 D = ""
 
+
 def free_port():
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-procs = []
-def start(cmd, **kw):
-    p = subprocess.Popen(cmd, **kw); procs.append(p); return p
+
+procs = []  # everything this script started, stopped at the end
+
+
+def start(cmd, log, **kw):
+    """Start ``cmd`` with its output in the file ``log``; the child keeps its own copy of the file."""
+    with open(log, "w") as out:
+        p = subprocess.Popen(cmd, stdout=out, **kw)
+    procs.append(p)
+    return p
+
 
 def main():
-    redis = start(["redis-server", "--port", str(RPORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                  stdout=open(D + "/redis.log", "w"), stderr=subprocess.STDOUT)
+    start(
+        ["redis-server", "--port", str(RPORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        D + "/redis.log",
+        stderr=subprocess.STDOUT,
+    )
     time.sleep(0.5)
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{D}/db.sqlite3", "REDIS_URL": f"redis://127.0.0.1:{RPORT}/0",
-           "DEBUG": "0", "SECRET_KEY": "count-only", "ALLOWED_HOSTS": "127.0.0.1", "CHAT_LOG_LEVEL": "WARNING", "CHAT_RATE_BURST": "1000", "CHAT_RATE_PER_SECOND": "1000",
-           "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0", "SECURE_HSTS_SECONDS": "0"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{D}/db.sqlite3",
+        "REDIS_URL": f"redis://127.0.0.1:{RPORT}/0",
+        "DEBUG": "0",
+        "SECRET_KEY": "count-only",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "CHAT_LOG_LEVEL": "WARNING",
+        "CHAT_RATE_BURST": "1000",
+        "CHAT_RATE_PER_SECOND": "1000",
+        "SECURE_SSL_REDIRECT": "0",
+        "SESSION_COOKIE_SECURE": "0",
+        "CSRF_COOKIE_SECURE": "0",
+        "SECURE_HSTS_SECONDS": "0",
+    }
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     port = free_port()
     sys.path.insert(0, ROOT)
     from chatsite.server import DAPHNE_LIMIT_ARGS
-    start([PY, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(port), *DAPHNE_LIMIT_ARGS, "chatsite.asgi:application"],
-          cwd=ROOT, env=env, stdout=open(D + "/server.log", "w"), stderr=subprocess.STDOUT)
+
+    start(
+        [
+            PY,
+            "-m",
+            "chatsite.server",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            *DAPHNE_LIMIT_ARGS,
+            "chatsite.asgi:application",
+        ],
+        D + "/server.log",
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
-            urllib.request.urlopen(base + "/healthz", timeout=1); break
+            urllib.request.urlopen(base + "/healthz", timeout=1)
+            break
         except OSError:
             time.sleep(0.2)
-    monitor = start(["redis-cli", "-p", str(RPORT), "monitor"], stdout=open(D + "/monitor.txt", "w"))
+    start(["redis-cli", "-p", str(RPORT), "monitor"], D + "/monitor.txt")
     time.sleep(0.3)
     asyncio.run(scenario(base, port))
     time.sleep(0.3)
 
+
 def mark(name):
     subprocess.run(["redis-cli", "-p", str(RPORT), "ECHO", "PHASE:" + name], stdout=subprocess.DEVNULL, check=True)
+
 
 def page(base, room):
     with urllib.request.urlopen(f"{base}/chat/{room}/", timeout=5) as r:
         return SimpleCookie(r.headers["Set-Cookie"])["sessionid"].value
+
 
 async def recv(ws, kind, timeout=5):
     end = time.monotonic() + timeout
@@ -82,36 +128,65 @@ async def recv(ws, kind, timeout=5):
         if f["type"] == kind:
             return f
 
+
 async def scenario(base, port):
     room = "count"
+
     def connect(session):
-        return websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/{room}/", origin=base,
-                                  additional_headers={"Cookie": f"sessionid={session}"}, max_size=None)
-    mark("page-new-browser"); s1 = page(base, room)
-    mark("page-returning"); page(base, room)
+        return websockets.connect(
+            f"ws://127.0.0.1:{port}/ws/chat/{room}/",
+            origin=base,
+            additional_headers={"Cookie": f"sessionid={session}"},
+            max_size=None,
+        )
+
+    mark("page-new-browser")
+    s1 = page(base, room)
+    mark("page-returning")
+    page(base, room)
     mark("connect-first-tab-of-room-on-process")
-    a = await connect(s1); await recv(a, "welcome"); await recv(a, "presence"); await asyncio.sleep(0.5)
-    mark("idle-1-tab-3s"); await asyncio.sleep(3.0)
+    a = await connect(s1)
+    await recv(a, "welcome")
+    await recv(a, "presence")
+    await asyncio.sleep(0.5)
+    mark("idle-1-tab-3s")
+    await asyncio.sleep(3.0)
     s2 = page(base, room)
     mark("connect-second-browser-same-room")
-    b = await connect(s2); await recv(b, "welcome"); await recv(b, "presence"); await asyncio.sleep(0.6)
+    b = await connect(s2)
+    await recv(b, "welcome")
+    await recv(b, "presence")
+    await asyncio.sleep(0.6)
     mark("connect-second-tab-same-browser")
-    c = await connect(s2); await recv(c, "welcome"); await recv(c, "presence"); await asyncio.sleep(0.6)
+    c = await connect(s2)
+    await recv(c, "welcome")
+    await recv(c, "presence")
+    await asyncio.sleep(0.6)
     mark("chat-1-message")
     await a.send(json.dumps({"type": "chat", "text": "x" * 100, "client_id": "c1"}))
-    for ws in (a, b, c): await recv(ws, "chat")
+    for ws in (a, b, c):
+        await recv(ws, "chat")
     await asyncio.sleep(0.3)
     mark("chat-10-messages")
     for n in range(10):
         await a.send(json.dumps({"type": "chat", "text": "y" * 100, "client_id": f"d{n}"}))
     for ws in (a, b, c):
-        for n in range(10): await recv(ws, "chat")
+        for _ in range(10):
+            await recv(ws, "chat")
     await asyncio.sleep(0.3)
-    mark("close-tab-c"); await c.close(); await asyncio.sleep(0.8)
-    mark("close-tab-b-last-of-browser"); await b.close(); await asyncio.sleep(0.8)
-    mark("close-tab-a-last-of-room"); await a.close(); await asyncio.sleep(0.8)
+    mark("close-tab-c")
+    await c.close()
+    await asyncio.sleep(0.8)
+    mark("close-tab-b-last-of-browser")
+    await b.close()
+    await asyncio.sleep(0.8)
+    mark("close-tab-a-last-of-room")
+    await a.close()
+    await asyncio.sleep(0.8)
     mark("end")
-    open(D + "/commandstats.txt", "w").write(subprocess.run(["redis-cli", "-p", str(RPORT), "INFO", "commandstats"], capture_output=True, text=True).stdout)
+    stats = subprocess.run(["redis-cli", "-p", str(RPORT), "INFO", "commandstats"], capture_output=True, text=True)
+    Path(D + "/commandstats.txt").write_text(stats.stdout)
+
 
 LINE = re.compile(r"^(\d+\.\d+) \[(\d+) ([^\]]+)\] (.*)$")
 TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -119,15 +194,16 @@ TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 def report() -> None:
     phase, phases = "start", defaultdict(list)
-    for line in open(D + "/monitor.txt"):
-        m = LINE.match(line.strip())
-        if not m:
-            continue
-        args = [ast.literal_eval('b"' + t + '"') for t in TOKEN.findall(m.group(4))]
-        if args and args[0].upper() == b"ECHO" and args[1].startswith(b"PHASE:"):
-            phase = args[1][6:].decode()
-            continue
-        phases[phase].append((m.group(3), args))
+    with open(D + "/monitor.txt") as monitor:
+        for line in monitor:
+            m = LINE.match(line.strip())
+            if not m:
+                continue
+            args = [ast.literal_eval('b"' + t + '"') for t in TOKEN.findall(m.group(4))]
+            if args and args[0].upper() == b"ECHO" and args[1].startswith(b"PHASE:"):
+                phase = args[1][6:].decode()
+                continue
+            phases[phase].append((m.group(3), args))
     for name, cmds in phases.items():
         sent = [args for client, args in cmds if client != "lua"]
         inner = Counter(args[0].decode().upper() for client, args in cmds if client == "lua")
@@ -141,7 +217,7 @@ def report() -> None:
         print("   in scripts:", dict(inner))
         if published:
             print("   PUBLISH payload bytes:", published)
-    print(open(D + "/commandstats.txt").read())
+    print(Path(D + "/commandstats.txt").read_text())
 
 
 if __name__ == "__main__":

@@ -68,11 +68,18 @@ def plot_latency(ramps: Mapping[str, list[dict[str, Any]]], path: Path, p99_max:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, steps in ramps.items():
         measured = [s for s in steps if s["latency_ms"]["p99"] is not None]
-        ax.plot([s["offered_per_s"] for s in measured], [s["latency_ms"]["p99"] for s in measured],
-                marker="o", label=name)
+        ax.plot(
+            [s["offered_per_s"] for s in measured], [s["latency_ms"]["p99"] for s in measured], marker="o", label=name
+        )
         failed = [s for s in measured if not s["pass"]]
-        ax.scatter([s["offered_per_s"] for s in failed], [s["latency_ms"]["p99"] for s in failed],
-                   marker="x", s=80, color="black", zorder=3)
+        ax.scatter(
+            [s["offered_per_s"] for s in failed],
+            [s["latency_ms"]["p99"] for s in failed],
+            marker="x",
+            s=80,
+            color="black",
+            zorder=3,
+        )
     ax.axhline(p99_max, color="grey", linestyle="--", linewidth=1, label=f"p99 limit {p99_max:g} ms")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -79,16 +79,18 @@ def server_usage(before: ProcSample | None, after: ProcSample | None, seconds: f
     return {"cpu": round((after.cpu_s - before.cpu_s) / seconds, 2), "rss_mb": round(after.rss_kb / 1024, 1)}
 
 
-def servers_usage(before: list[ProcSample | None], after: list[ProcSample | None], seconds: float
-                  ) -> dict[str, Any]:
+def servers_usage(before: list[ProcSample | None], after: list[ProcSample | None], seconds: float) -> dict[str, Any]:
     """``server_usage`` of one server; of several, their sums and each process's own (``processes``)."""
     each = [server_usage(b, a, seconds) for b, a in zip(before, after, strict=True)]
     if len(each) == 1:
         return each[0]
     if not all(each):
         return {}
-    return {"cpu": round(sum(u["cpu"] for u in each), 2), "rss_mb": round(sum(u["rss_mb"] for u in each), 1),
-            "processes": each}
+    return {
+        "cpu": round(sum(u["cpu"] for u in each), 2),
+        "rss_mb": round(sum(u["rss_mb"] for u in each), 1),
+        "processes": each,
+    }
 
 
 def cpu_text(usage: dict[str, Any]) -> str:
@@ -105,8 +107,14 @@ def _server_text(usage: dict[str, Any]) -> str:
     return f"; server CPU {cpu_text(usage)} RSS {rss} MB"
 
 
-def connect_all(pool: Pool, targets: Targets, load: Load, *, deadline: float | None = None,
-                while_waiting: Callable[[float], None] | None = None) -> dict[str, Any]:
+def connect_all(
+    pool: Pool,
+    targets: Targets,
+    load: Load,
+    *,
+    deadline: float | None = None,
+    while_waiting: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
     """Open every client, ``concurrency`` at a time: connects/s, time to ready, failures.
 
     ``deadline``: seconds after the start past which no more clients are opened.
@@ -128,11 +136,18 @@ def connect_all(pool: Pool, targets: Targets, load: Load, *, deadline: float | N
     ready = [ms for a in answers for ms in a["ready_ms"]]
     failures = sum((Counter(a["failures"]) for a in answers), Counter())
     result = {
-        "requested": load.clients, "concurrency": load.concurrency, "ok": len(ready),
-        "failed": sum(failures.values()), "failures": dict(failures), "wall_s": round(wall, 2),
+        "requested": load.clients,
+        "concurrency": load.concurrency,
+        "ok": len(ready),
+        "failed": sum(failures.values()),
+        "failures": dict(failures),
+        "wall_s": round(wall, 2),
         "connects_per_s": round(len(ready) / wall, 1),
-        "ready_ms": {"p50": rank_percentile(ready, 50), "p99": rank_percentile(ready, 99),
-                     "max": rank_percentile(ready, 100)},
+        "ready_ms": {
+            "p50": rank_percentile(ready, 50),
+            "p99": rank_percentile(ready, 99),
+            "max": rank_percentile(ready, 100),
+        },
         "server": servers_usage(before, sample_all(targets), wall),
     }
     split = ""
@@ -140,18 +155,29 @@ def connect_all(pool: Pool, targets: Targets, load: Load, *, deadline: float | N
         result["ready_by_server"] = [sum(a["ready_by_server"][s] for a in answers) for s in range(len(servers))]
         split = f" ({'+'.join(map(str, result['ready_by_server']))} on {len(servers)} servers)"
     r = result["ready_ms"]
-    print(f"  connect: {len(ready)}/{load.clients} ready{split} in {wall:.1f} s = {result['connects_per_s']}/s "
-          f"({load.concurrency} at a time); ready ms p50 {r['p50']} p99 {r['p99']} max {r['max']}; "
-          f"failures {dict(failures) or 0}{_server_text(result['server'])}", flush=True)
+    print(
+        f"  connect: {len(ready)}/{load.clients} ready{split} in {wall:.1f} s = {result['connects_per_s']}/s "
+        f"({load.concurrency} at a time); ready ms p50 {r['p50']} p99 {r['p99']} max {r['max']}; "
+        f"failures {dict(failures) or 0}{_server_text(result['server'])}",
+        flush=True,
+    )
     return result
 
 
-def step(pool: Pool, targets: Targets, load: Load, connected: int, tag: str, rate: float,
-         duration: float) -> dict[str, Any]:
+def step(
+    pool: Pool, targets: Targets, load: Load, connected: int, tag: str, rate: float, duration: float
+) -> dict[str, Any]:
     """One paced send window at ``rate`` messages/s, then the drain: the figures of a fan-out."""
     start_at = time.time() + 1.0
-    pool.send("step", tag=tag, rate=rate, senders=min(load.senders, connected), start_at=start_at,
-              duration=duration, drain=load.drain)
+    pool.send(
+        "step",
+        tag=tag,
+        rate=rate,
+        senders=min(load.senders, connected),
+        start_at=start_at,
+        duration=duration,
+        drain=load.drain,
+    )
     time.sleep(max(0.0, start_at - time.time()))
     before, machine = sample_all(targets), sample_machine()  # the servers are measured over the send window only
     time.sleep(max(0.0, start_at + duration - time.time()))
@@ -164,27 +190,45 @@ def step(pool: Pool, targets: Targets, load: Load, connected: int, tag: str, rat
     latency["max"] = round(max(a["max_us"] for a in answers) / 1000, 1)
     client_cpu = max(a["cpu_util"] for a in answers)
     result = {
-        "tag": tag, "rate": rate, "clients": connected, "senders": min(load.senders, connected),
-        "duration_s": duration, "offered_per_s": round(rate * connected, 1), "sent": sent,
-        "send_failures": sum(a["send_failures"] for a in answers), "expected": expected, "delivered": delivered,
+        "tag": tag,
+        "rate": rate,
+        "clients": connected,
+        "senders": min(load.senders, connected),
+        "duration_s": duration,
+        "offered_per_s": round(rate * connected, 1),
+        "sent": sent,
+        "send_failures": sum(a["send_failures"] for a in answers),
+        "expected": expected,
+        "delivered": delivered,
         "delivered_pct": round(100 * delivered / expected, 3) if expected else None,
-        "deliveries_per_s": round(delivered / duration, 1), "latency_ms": latency,
+        "deliveries_per_s": round(delivered / duration, 1),
+        "latency_ms": latency,
         "errors": dict(sum((Counter(a["errors"]) for a in answers), Counter())),
-        "stale": sum(a["stale"] for a in answers), "closed_by_server": sum(a["closed"] for a in answers),
-        "server": usage, "client_cpu_max": round(client_cpu, 2), "client_saturated": client_cpu > SATURATED,
+        "stale": sum(a["stale"] for a in answers),
+        "closed_by_server": sum(a["closed"] for a in answers),
+        "server": usage,
+        "client_cpu_max": round(client_cpu, 2),
+        "client_saturated": client_cpu > SATURATED,
         "send_late_max_ms": round(max(a["late_max_ms"] for a in answers), 1),
         "machine_cpu": machine_cpu,  # cores busy on the whole machine over the send window
     }
-    result["pass"] = bool(expected and delivered >= load.min_delivered * expected
-                          and latency["p99"] is not None and latency["p99"] <= load.p99_max)
-    print(f"  {tag}: {rate:g} msg/s x {connected} clients: delivered {delivered}/{expected} "
-          f"({result['delivered_pct']} %) = {result['deliveries_per_s']:g}/s; latency ms p50 {latency['p50']} "
-          f"p95 {latency['p95']} p99 {latency['p99']} max {latency['max']}{_server_text(usage)}; "
-          f"client CPU {client_cpu:.2f}{' CLIENT SATURATED' if result['client_saturated'] else ''}, "
-          f"sends late by up to {result['send_late_max_ms']:g} ms"
-          f"{'; errors ' + str(result['errors']) if result['errors'] else ''}"
-          f"{'; closed by server ' + str(result['closed_by_server']) if result['closed_by_server'] else ''}"
-          f" -> {'PASS' if result['pass'] else 'FAIL'}", flush=True)
+    result["pass"] = bool(
+        expected
+        and delivered >= load.min_delivered * expected
+        and latency["p99"] is not None
+        and latency["p99"] <= load.p99_max
+    )
+    print(
+        f"  {tag}: {rate:g} msg/s x {connected} clients: delivered {delivered}/{expected} "
+        f"({result['delivered_pct']} %) = {result['deliveries_per_s']:g}/s; latency ms p50 {latency['p50']} "
+        f"p95 {latency['p95']} p99 {latency['p99']} max {latency['max']}{_server_text(usage)}; "
+        f"client CPU {client_cpu:.2f}{' CLIENT SATURATED' if result['client_saturated'] else ''}, "
+        f"sends late by up to {result['send_late_max_ms']:g} ms"
+        f"{'; errors ' + str(result['errors']) if result['errors'] else ''}"
+        f"{'; closed by server ' + str(result['closed_by_server']) if result['closed_by_server'] else ''}"
+        f" -> {'PASS' if result['pass'] else 'FAIL'}",
+        flush=True,
+    )
     if len(servers := as_list(targets)) > 1:
         result.update(by_server(servers, answers))
         _print_by_server(result)
@@ -207,28 +251,43 @@ def by_server(servers: list[Target], answers: list[dict[str, Any]]) -> dict[str,
         for a in answers:
             got.update(a["by_server"][s]["messages"])
         from_others = sum(c for key, c in got.items() if server_of(int(key.split(":", 1)[0]), n) != s)
-        rows.append({
-            "server": f"{target.host}:{target.port}", "pid": target.pid, "clients": clients,
-            "senders": sum(a["by_server"][s]["senders"] for a in answers), "sent": sent_from[s],
-            "expected": sent * clients, "delivered": sum(got.values()),
-            "expected_from_other_servers": (sent - sent_from[s]) * clients, "delivered_from_other_servers": from_others,
-            "messages_to_every_client": sum(c >= clients for c in got.values()) if clients else 0,
-            "messages_to_no_client": sent - len(got),
-        })
-    return {"by_server": rows,
-            "every_message_on_every_server": bool(sent) and all(r["messages_to_no_client"] == 0 for r in rows)}
+        rows.append(
+            {
+                "server": f"{target.host}:{target.port}",
+                "pid": target.pid,
+                "clients": clients,
+                "senders": sum(a["by_server"][s]["senders"] for a in answers),
+                "sent": sent_from[s],
+                "expected": sent * clients,
+                "delivered": sum(got.values()),
+                "expected_from_other_servers": (sent - sent_from[s]) * clients,
+                "delivered_from_other_servers": from_others,
+                "messages_to_every_client": sum(c >= clients for c in got.values()) if clients else 0,
+                "messages_to_no_client": sent - len(got),
+            }
+        )
+    return {
+        "by_server": rows,
+        "every_message_on_every_server": bool(sent) and all(r["messages_to_no_client"] == 0 for r in rows),
+    }
 
 
 def _print_by_server(result: dict[str, Any]) -> None:
     rows, sent = result["by_server"], result["sent"]
-    parts = [f"{r['server']} ({r['clients']} clients, {r['senders']} sending) received {r['delivered']}/"
-             f"{r['expected']} ({r['delivered_from_other_servers']}/{r['expected_from_other_servers']} from senders "
-             f"on other processes); {r['messages_to_every_client']}/{sent} messages reached all its clients, "
-             f"{r['messages_to_no_client']} none" for r in rows]
+    parts = [
+        f"{r['server']} ({r['clients']} clients, {r['senders']} sending) received {r['delivered']}/"
+        f"{r['expected']} ({r['delivered_from_other_servers']}/{r['expected_from_other_servers']} from senders "
+        f"on other processes); {r['messages_to_every_client']}/{sent} messages reached all its clients, "
+        f"{r['messages_to_no_client']} none"
+        for r in rows
+    ]
     busy = result["machine_cpu"]
     machine = f"; machine CPU {busy} of {os.cpu_count()} cores" if busy is not None else ""
-    print(f"    by server: {' | '.join(parts)}{machine}; every message reached clients on all "
-          f"{len(rows)} servers: {'yes' if result['every_message_on_every_server'] else 'NO'}", flush=True)
+    print(
+        f"    by server: {' | '.join(parts)}{machine}; every message reached clients on all "
+        f"{len(rows)} servers: {'yes' if result['every_message_on_every_server'] else 'NO'}",
+        flush=True,
+    )
 
 
 def fanout(targets: Targets, load: Load, *, ramp: bool = False) -> dict[str, Any]:
@@ -254,9 +313,12 @@ def fanout(targets: Targets, load: Load, *, ramp: bool = False) -> dict[str, Any
             passed = [s for s in steps if s["pass"]]
             best = passed[-1] if passed else None
             result["best"] = best and {k: best[k] for k in ("rate", "deliveries_per_s", "latency_ms")}
-            print(f"  ramp: highest passing rate {best and best['rate']} msg/s = "
-                  f"{best and best['deliveries_per_s']} deliveries/s (p99 <= {load.p99_max:g} ms, "
-                  f">= {100 * load.min_delivered:g} % delivered)", flush=True)
+            print(
+                f"  ramp: highest passing rate {best and best['rate']} msg/s = "
+                f"{best and best['deliveries_per_s']} deliveries/s (p99 <= {load.p99_max:g} ms, "
+                f">= {100 * load.min_delivered:g} % delivered)",
+                flush=True,
+            )
     finally:
         pool.close()
     return result
@@ -273,6 +335,7 @@ def connect(targets: Targets, load: Load) -> dict[str, Any]:
 
 def warm_up(target: Target, room: str) -> None:
     """Open and close one client, so that first-use costs (imports, pools) are not counted."""
+
     async def once() -> None:
         client = Client(Config(target.kind, target.host, target.port, room), Tally())
         await client.open()
@@ -314,17 +377,22 @@ def idle(target: Target, load: Load) -> dict[str, Any]:
     time.sleep(3)
     after = sample(target.pid)
     if before and mid and held and after:
-        result["memory"] = {"rss_before_mb": round(before.rss_kb / 1024, 1),
-                            "rss_half_mb": round(mid.rss_kb / 1024, 1),
-                            "rss_held_mb": round(held.rss_kb / 1024, 1),
-                            "rss_after_close_mb": round(after.rss_kb / 1024, 1),
-                            "kb_per_connection": round((held.rss_kb - before.rss_kb) / max(1, ok), 1),
-                            "kb_per_added_connection": round((held.rss_kb - mid.rss_kb) / max(1, ok - ok_first), 1)}
+        result["memory"] = {
+            "rss_before_mb": round(before.rss_kb / 1024, 1),
+            "rss_half_mb": round(mid.rss_kb / 1024, 1),
+            "rss_held_mb": round(held.rss_kb / 1024, 1),
+            "rss_after_close_mb": round(after.rss_kb / 1024, 1),
+            "kb_per_connection": round((held.rss_kb - before.rss_kb) / max(1, ok), 1),
+            "kb_per_added_connection": round((held.rss_kb - mid.rss_kb) / max(1, ok - ok_first), 1),
+        }
         m = result["memory"]
-        print(f"  idle: RSS {m['rss_before_mb']} MB before, {m['rss_half_mb']} MB holding {ok_first}, "
-              f"{m['rss_held_mb']} MB holding {ok} connections = {m['kb_per_connection']} KB each, "
-              f"{m['kb_per_added_connection']} KB for each of the second {ok - ok_first}; "
-              f"{m['rss_after_close_mb']} MB after closing them", flush=True)
+        print(
+            f"  idle: RSS {m['rss_before_mb']} MB before, {m['rss_half_mb']} MB holding {ok_first}, "
+            f"{m['rss_held_mb']} MB holding {ok} connections = {m['kb_per_connection']} KB each, "
+            f"{m['kb_per_added_connection']} KB for each of the second {ok - ok_first}; "
+            f"{m['rss_after_close_mb']} MB after closing them",
+            flush=True,
+        )
     return result
 
 
@@ -332,8 +400,9 @@ SCALE_PROCESSES = (1, 2)
 BUSY_MACHINE = 0.9  # share of the machine's cores busy over a send window from which it may be the limit
 
 
-def scale(start: Callable[[int], AbstractContextManager[list[Target]]], load: Load,
-          processes: Sequence[int] = SCALE_PROCESSES) -> dict[str, Any]:
+def scale(
+    start: Callable[[int], AbstractContextManager[list[Target]]], load: Load, processes: Sequence[int] = SCALE_PROCESSES
+) -> dict[str, Any]:
     """The same ramp against one project process, then two; the ratio of their highest passing rates.
 
     ``start(count)`` gives ``count`` fresh processes on one database and one
@@ -366,21 +435,39 @@ def scale_summary(runs: dict[str, dict[str, Any]], load: Load) -> dict[str, Any]
     ratio = round(rate[last] / rate[first], 2) if rate[first] and rate[last] is not None else None
     # A ramp whose last step passed stopped at --max-steps: its best rate is not the process's limit.
     unbounded = [c for c in counts if runs[c].get("steps") and runs[c]["steps"][-1]["pass"]]
-    print(f"scale: {load.clients} clients, {load.senders} senders; highest rate with p99 <= {load.p99_max:g} ms "
-          f"and >= {100 * load.min_delivered:g} % delivered:", flush=True)
+    print(
+        f"scale: {load.clients} clients, {load.senders} senders; highest rate with p99 <= {load.p99_max:g} ms "
+        f"and >= {100 * load.min_delivered:g} % delivered:",
+        flush=True,
+    )
     for c in counts:
         b = best[c]
-        print(f"  {processes_text(c)}: " + (f"{b['rate']:g} msg/s = {b['deliveries_per_s']:g} deliveries/s "
-                                         f"(p99 {b['latency_ms']['p99']} ms)" if b else "no step passed")
-              + (" - no step failed: the ramp ended at --max-steps, not at a limit" if c in unbounded else ""),
-              flush=True)
-    caveat = (" (not a scaling figure: a ramp ended before any step failed; raise -r or --max-steps)"
-              if unbounded and ratio is not None else "")
-    print(f"  ratio ({processes_text(last)} / {processes_text(first)}): "
-          f"{ratio if ratio is not None else 'n/a (a ramp with no passing step)'}{caveat}", flush=True)
+        print(
+            f"  {processes_text(c)}: "
+            + (
+                f"{b['rate']:g} msg/s = {b['deliveries_per_s']:g} deliveries/s (p99 {b['latency_ms']['p99']} ms)"
+                if b
+                else "no step passed"
+            )
+            + (" - no step failed: the ramp ended at --max-steps, not at a limit" if c in unbounded else ""),
+            flush=True,
+        )
+    caveat = (
+        " (not a scaling figure: a ramp ended before any step failed; raise -r or --max-steps)"
+        if unbounded and ratio is not None
+        else ""
+    )
+    print(
+        f"  ratio ({processes_text(last)} / {processes_text(first)}): "
+        f"{ratio if ratio is not None else 'n/a (a ramp with no passing step)'}{caveat}",
+        flush=True,
+    )
 
-    print(f"  per step: server CPU per process (1.0 = one core), machine CPU (cores busy of {os.cpu_count()}, "
-          "clients, PostgreSQL and Redis included):", flush=True)
+    print(
+        f"  per step: server CPU per process (1.0 = one core), machine CPU (cores busy of {os.cpu_count()}, "
+        "clients, PostgreSQL and Redis included):",
+        flush=True,
+    )
     busy: list[str] = []
     for n in range(max(len(runs[c].get("steps", [])) for c in counts)):
         cells, step_rate = [], None
@@ -391,15 +478,20 @@ def scale_summary(runs: dict[str, dict[str, Any]], load: Load) -> dict[str, Any]
                 continue
             st = steps[n]
             step_rate = st["rate"]
-            cells.append(f"{processes_text(c)}: CPU {cpu_text(st['server'])}, machine {st['machine_cpu']}, "
-                         f"p99 {st['latency_ms']['p99']} ms, {st['delivered_pct']} % "
-                         f"{'PASS' if st['pass'] else 'FAIL'}{' CLIENT SATURATED' if st['client_saturated'] else ''}")
+            cells.append(
+                f"{processes_text(c)}: CPU {cpu_text(st['server'])}, machine {st['machine_cpu']}, "
+                f"p99 {st['latency_ms']['p99']} ms, {st['delivered_pct']} % "
+                f"{'PASS' if st['pass'] else 'FAIL'}{' CLIENT SATURATED' if st['client_saturated'] else ''}"
+            )
             if st["machine_cpu"] is not None and st["machine_cpu"] >= BUSY_MACHINE * (os.cpu_count() or 1):
                 busy.append(f"{processes_text(c)} step{n}")
         print(f"    step{n} {step_rate:g} msg/s: {' | '.join(cells)}", flush=True)
     if busy:
-        print(f"  note: the machine was busy (>= {100 * BUSY_MACHINE:g} % of its cores) in {', '.join(busy)}: "
-              "there the processes competed for CPU with the clients, PostgreSQL and Redis", flush=True)
+        print(
+            f"  note: the machine was busy (>= {100 * BUSY_MACHINE:g} % of its cores) in {', '.join(busy)}: "
+            "there the processes competed for CPU with the clients, PostgreSQL and Redis",
+            flush=True,
+        )
 
     crossing: dict[str, Any] = {}
     for c in counts:
@@ -407,16 +499,36 @@ def scale_summary(runs: dict[str, dict[str, Any]], load: Load) -> dict[str, Any]
         if not steps:
             continue
         ok = [st for st in steps if st["every_message_on_every_server"]]
-        missed = [f"{st['tag']}: " + ", ".join(f"{r['messages_to_no_client']} reached no client of {r['server']}"
-                                               for r in st["by_server"] if r["messages_to_no_client"])
-                  for st in steps if not st["every_message_on_every_server"]]
+        missed = [
+            f"{st['tag']}: "
+            + ", ".join(
+                f"{r['messages_to_no_client']} reached no client of {r['server']}"
+                for r in st["by_server"]
+                if r["messages_to_no_client"]
+            )
+            for st in steps
+            if not st["every_message_on_every_server"]
+        ]
         crossing[c] = {"steps": len(steps), "steps_every_message_on_every_server": len(ok), "missed": missed}
-        print(f"  {processes_text(c)}: every message reached clients on every server in {len(ok)} of {len(steps)} "
-              f"steps{'; ' + '; '.join(missed) if missed else ''}", flush=True)
+        print(
+            f"  {processes_text(c)}: every message reached clients on every server in {len(ok)} of {len(steps)} "
+            f"steps{'; ' + '; '.join(missed) if missed else ''}",
+            flush=True,
+        )
         if best_step := next((st for st in reversed(steps) if st["pass"]), None):
-            print(f"  {processes_text(c)}, at the highest passing rate: " + "; ".join(
-                f"{r['server']} received {r['delivered']}/{r['expected']} ({r['delivered_from_other_servers']}/"
-                f"{r['expected_from_other_servers']} from senders on other processes)" for r in best_step["by_server"]),
-                flush=True)
-    return {"best": best, "ratio": ratio, "ratio_of": f"{last}/{first} processes",
-            "ended_without_failure": unbounded, "every_message_on_every_server": crossing}
+            print(
+                f"  {processes_text(c)}, at the highest passing rate: "
+                + "; ".join(
+                    f"{r['server']} received {r['delivered']}/{r['expected']} ({r['delivered_from_other_servers']}/"
+                    f"{r['expected_from_other_servers']} from senders on other processes)"
+                    for r in best_step["by_server"]
+                ),
+                flush=True,
+            )
+    return {
+        "best": best,
+        "ratio": ratio,
+        "ratio_of": f"{last}/{first} processes",
+        "ended_without_failure": unbounded,
+        "every_message_on_every_server": crossing,
+    }

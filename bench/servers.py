@@ -65,7 +65,6 @@ class Target:
             self.process.kill()
             self.process.wait()
 
-
     def restart(self, *, kill: bool = False) -> dict[str, float]:
         """Stop this server (SIGTERM, or SIGKILL as a crash would) and start it again on the same port.
 
@@ -106,7 +105,10 @@ def project_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, 
 
 
 def start_project(
-    *, log_dir: Path, extra_env: Mapping[str, str] | None = None, base_env: Mapping[str, str] | None = None,
+    *,
+    log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
     migrate: bool = True,
 ) -> Target:
     """Migrate, then start ``python -m chatsite.server`` on a free port; wait for ``/healthz``."""
@@ -114,8 +116,12 @@ def start_project(
 
 
 def start_projects(
-    count: int, *, log_dir: Path, extra_env: Mapping[str, str] | None = None,
-    base_env: Mapping[str, str] | None = None, migrate: bool = True,
+    count: int,
+    *,
+    log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    migrate: bool = True,
 ) -> list[Target]:
     """Migrate once, then start ``count`` project servers, each on a free port, in one environment.
 
@@ -127,12 +133,14 @@ def start_projects(
     if count > 1 and not env.get("REDIS_URL"):
         raise ValueError("several project processes share a room only through Redis: set REDIS_URL")
     if migrate:
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env,
-                       check=True, timeout=300)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=300
+        )
     settings = {key: env[key] for key in ("CHAT_RATE_PER_SECOND", "CHAT_RATE_BURST") if key in env}
     settings["database"] = env.get("DATABASE_URL", "sqlite (default)").split("@")[-1]
-    settings["channel_layer"] = (env.get("REDIS_CHANNEL_LAYER", "pubsub") + " on Redis") if env.get(
-        "REDIS_URL") else "in-memory"
+    settings["channel_layer"] = (
+        (env.get("REDIS_CHANNEL_LAYER", "pubsub") + " on Redis") if env.get("REDIS_URL") else "in-memory"
+    )
     if count > 1:
         settings["processes"] = str(count)
     # daphne's limit for one incoming websocket message, as `make run` sets it. Imported here, not at the
@@ -143,8 +151,17 @@ def start_projects(
     try:
         for _ in range(count):
             port = free_port()
-            command = [sys.executable, "-m", "chatsite.server", "-b", "127.0.0.1", "-p", str(port),
-                       *DAPHNE_LIMIT_ARGS, "chatsite.asgi:application"]
+            command = [
+                sys.executable,
+                "-m",
+                "chatsite.server",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                *DAPHNE_LIMIT_ARGS,
+                "chatsite.asgi:application",
+            ]
             targets.append(_start("project", command, env, port, log_dir, "/healthz", dict(settings)))
     except BaseException:
         for target in targets:
@@ -156,16 +173,26 @@ def start_projects(
 def start_baseline(*, log_dir: Path) -> Target:
     """Start daphne with the tutorial consumer (``bench.baseline``) on a free port."""
     # The project's channel layer (pub/sub unless REDIS_CHANNEL_LAYER says otherwise), for a like-for-like comparison.
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.baseline.settings",
-           "REDIS_CHANNEL_LAYER": os.environ.get("REDIS_CHANNEL_LAYER", "pubsub")}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bench.baseline.settings",
+        "REDIS_CHANNEL_LAYER": os.environ.get("REDIS_CHANNEL_LAYER", "pubsub"),
+    }
     port = free_port()
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bench.baseline.asgi:application"]
     layer = (env["REDIS_CHANNEL_LAYER"] + " on Redis") if env.get("REDIS_URL") else "in-memory"
     return _start("baseline", command, env, port, log_dir, None, {"channel_layer": layer})
 
 
-def _start(kind: str, command: list[str], env: dict[str, str], port: int, log_dir: Path, health: str | None,
-           settings: dict[str, str]) -> Target:
+def _start(
+    kind: str,
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    log_dir: Path,
+    health: str | None,
+    settings: dict[str, str],
+) -> Target:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{kind}-{port}.log"
     # A file, not a pipe: an unread pipe fills up and blocks the server.

@@ -33,8 +33,10 @@ def figures(connection) -> dict[str, int]:
 
 
 def show(label: str, f: dict[str, int]) -> None:
-    print(f"{label:<34} rows {f['rows']:>7,}   live {f['live_bytes']:>10,} B   "
-          f"table {f['table_bytes']:>10,} B   with indexes and TOAST {f['total_bytes']:>10,} B")
+    print(
+        f"{label:<34} rows {f['rows']:>7,}   live {f['live_bytes']:>10,} B   "
+        f"table {f['table_bytes']:>10,} B   with indexes and TOAST {f['total_bytes']:>10,} B"
+    )
 
 
 def main() -> int:
@@ -56,8 +58,10 @@ def main() -> int:
     from django.utils import timezone
 
     # Plain static names: what is measured is the session, not the manifest.
-    settings.STORAGES = {**settings.STORAGES,
-                         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
     call_command("migrate", "--noinput", verbosity=0)
     Session.objects.all().delete()
     with connection.cursor() as cursor:

@@ -21,8 +21,7 @@ from typing import Any
 from websockets import ConnectionClosed
 from websockets.asyncio.client import ClientConnection
 
-from bench.clients import (Config, Pool, Worker, abort_unless, chat_frame, describe, open_socket, page_cookie,
-                           welcome)
+from bench.clients import Config, Pool, Worker, abort_unless, chat_frame, describe, open_socket, page_cookie, welcome
 from bench.scenarios import Load, connect_all, new_room
 from bench.servers import Target, sample
 
@@ -52,6 +51,7 @@ class SoakClient:
         self.duplicates: dict[str, int] = {}  # "<first> then <second>" -> count
         self.reconnects = self.sent = self.skipped = 0
         self.errors: dict[str, int] = {}
+        self.sending: set[asyncio.Task[None]] = set()  # resume requests in flight (the loop keeps only weak refs)
 
     async def open(self) -> None:
         """Load the page once (this browser's cookie), then connect."""
@@ -77,7 +77,9 @@ class SoakClient:
             if frame["has_more"] and self.ws is not None:
                 # As the browser does: the next page follows this one.
                 after = frame["messages"][-1]["id"]
-                asyncio.ensure_future(self.ws.send(json.dumps({"type": "resume", "after": after})))
+                task = asyncio.ensure_future(self.ws.send(json.dumps({"type": "resume", "after": after})))
+                self.sending.add(task)
+                task.add_done_callback(self.sending.discard)
         elif kind == "error":
             self.errors[frame["code"]] = self.errors.get(frame["code"], 0) + 1
 
@@ -103,7 +105,7 @@ class SoakClient:
                 async with asyncio.timeout_at(deadline):
                     raw = await self.ws.recv()
                 self.receive(json.loads(raw))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.drop()
         except ConnectionClosed:
             pass
@@ -129,7 +131,7 @@ class SoakClient:
                 try:
                     await self.connect()
                     self.reconnects += 1
-                except Exception as exc:  # noqa: BLE001 - the server refused or was slow: try again
+                except Exception as exc:  # the server refused or was slow: try again
                     self.errors[describe(exc)] = self.errors.get(describe(exc), 0) + 1
                     await asyncio.sleep(0.5)
                     continue
@@ -164,8 +166,9 @@ class SoakWorker(Worker):
     def make_client(self, index: int) -> "SoakClient":
         return SoakClient(self.cfg_of(index), flaky=bool(self.every_nth) and index % self.every_nth == 0)
 
-    async def soak(self, start_at: float, seconds: float, interval: float, every: float,
-                   drain: float) -> dict[str, Any]:
+    async def soak(
+        self, start_at: float, seconds: float, interval: float, every: float, drain: float
+    ) -> dict[str, Any]:
         """Chat for ``seconds``, churning; then stop churning, let the clients catch up, report."""
         loop = asyncio.get_running_loop()
         start = loop.time() + (start_at - time.time())
@@ -178,12 +181,22 @@ class SoakWorker(Worker):
         connected_at_end = [c.ws is not None for c in clients]
         await asyncio.gather(*(c.close() for c in clients))
         await asyncio.gather(*living, return_exceptions=True)
-        return {"clients": [
-            {"flaky": c.flaky, "start_id": c.start_id, "seen": sorted(c.seen), "duplicates": c.duplicates,
-             "reconnects": c.reconnects, "sent": c.sent, "skipped": c.skipped, "errors": c.errors,
-             "connected_at_end": at_end}
-            for c, at_end in zip(clients, connected_at_end, strict=True)
-        ]}
+        return {
+            "clients": [
+                {
+                    "flaky": c.flaky,
+                    "start_id": c.start_id,
+                    "seen": sorted(c.seen),
+                    "duplicates": c.duplicates,
+                    "reconnects": c.reconnects,
+                    "sent": c.sent,
+                    "skipped": c.skipped,
+                    "errors": c.errors,
+                    "connected_at_end": at_end,
+                }
+                for c, at_end in zip(clients, connected_at_end, strict=True)
+            ]
+        }
 
 
 async def stored_ids(cfg: Config) -> list[int]:
@@ -209,16 +222,16 @@ def soak(target: Target, load: Load, churn: Churn) -> dict[str, Any]:
     """Run the soak against the project; return the RSS series, its growth and the gaps."""
     room = new_room()
     cfg = Config(target.kind, target.host, target.port, room, load.open_timeout)
-    pool = Pool(lambda ids, share: SoakWorker(cfg, ids, share, churn.flaky), load.clients, load.procs,
-                load.concurrency)
+    pool = Pool(lambda ids, share: SoakWorker(cfg, ids, share, churn.flaky), load.clients, load.procs, load.concurrency)
     seconds = churn.minutes * 60
     interval = load.clients / load.rate  # each client's pause between two messages
     result: dict[str, Any] = {"load": vars(load).copy(), "churn": vars(churn).copy()}
     try:
         result["connect"] = connect_all(pool, target, load)
         start_at = time.time() + 1.0
-        pool.send("soak", start_at=start_at, seconds=seconds, interval=interval, every=churn.reconnect_every,
-                  drain=load.drain)
+        pool.send(
+            "soak", start_at=start_at, seconds=seconds, interval=interval, every=churn.reconnect_every, drain=load.drain
+        )
         series = []
         next_sample = start_at
         while not pool.ready(0):
@@ -245,8 +258,11 @@ def _growth(series: list[tuple[float, float]], seconds: float) -> dict[str, Any]
     if len(warm) < 2:
         return {"rss_growth_mb": None}
     (t0, mb0), (t1, mb1) = warm[0], warm[-1]
-    return {"rss_growth_mb": round(mb1 - mb0, 1), "rss_growth_window_s": round(t1 - t0, 1),
-            "rss_growth_mb_per_min": round((mb1 - mb0) / (t1 - t0) * 60, 2) if t1 > t0 else None}
+    return {
+        "rss_growth_mb": round(mb1 - mb0, 1),
+        "rss_growth_window_s": round(t1 - t0, 1),
+        "rss_growth_mb_per_min": round((mb1 - mb0) / (t1 - t0) * 60, 2) if t1 > t0 else None,
+    }
 
 
 def _gaps(clients: list[dict[str, Any]], stored: list[int]) -> dict[str, Any]:
@@ -259,12 +275,18 @@ def _gaps(clients: list[dict[str, Any]], stored: list[int]) -> dict[str, Any]:
         gaps += len(missing)
         affected += bool(missing)
     return {
-        "clients": len(clients), "flaky_clients": sum(c["flaky"] for c in clients),
-        "reconnects": sum(c["reconnects"] for c in clients), "sent": sum(c["sent"] for c in clients),
-        "skipped_while_away": sum(c["skipped"] for c in clients), "stored": len(stored),
-        "received": sum(len(c["seen"]) for c in clients), "duplicates": _sum_counts(c["duplicates"] for c in clients),
+        "clients": len(clients),
+        "flaky_clients": sum(c["flaky"] for c in clients),
+        "reconnects": sum(c["reconnects"] for c in clients),
+        "sent": sum(c["sent"] for c in clients),
+        "skipped_while_away": sum(c["skipped"] for c in clients),
+        "stored": len(stored),
+        "received": sum(len(c["seen"]) for c in clients),
+        "duplicates": _sum_counts(c["duplicates"] for c in clients),
         "not_connected_at_end": sum(not c["connected_at_end"] for c in clients),
-        "gaps": gaps, "clients_with_gaps": affected, "errors": _sum_counts(c["errors"] for c in clients),
+        "gaps": gaps,
+        "clients_with_gaps": affected,
+        "errors": _sum_counts(c["errors"] for c in clients),
     }
 
 
@@ -276,11 +298,17 @@ def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
 
 
 def _print(r: dict[str, Any]) -> None:
-    print(f"  soak: {r['clients']} clients ({r['flaky_clients']} flaky, {r['reconnects']} reconnects), "
-          f"{r['sent']} sent ({r['skipped_while_away']} skipped while away), {r['stored']} stored, "
-          f"{r['received']} received; gaps {r['gaps']} (in {r['clients_with_gaps']} clients), duplicates "
-          f"{r['duplicates'] or 0}, not connected at the end {r['not_connected_at_end']}"
-          f"{'; errors ' + str(r['errors']) if r['errors'] else ''}", flush=True)
+    print(
+        f"  soak: {r['clients']} clients ({r['flaky_clients']} flaky, {r['reconnects']} reconnects), "
+        f"{r['sent']} sent ({r['skipped_while_away']} skipped while away), {r['stored']} stored, "
+        f"{r['received']} received; gaps {r['gaps']} (in {r['clients_with_gaps']} clients), duplicates "
+        f"{r['duplicates'] or 0}, not connected at the end {r['not_connected_at_end']}"
+        f"{'; errors ' + str(r['errors']) if r['errors'] else ''}",
+        flush=True,
+    )
     if r.get("rss_growth_mb") is not None:
-        print(f"  soak: server RSS grew {r['rss_growth_mb']} MB over {r['rss_growth_window_s']} s after the "
-              f"warm-up ({r['rss_growth_mb_per_min']} MB/min)", flush=True)
+        print(
+            f"  soak: server RSS grew {r['rss_growth_mb']} MB over {r['rss_growth_window_s']} s after the "
+            f"warm-up ({r['rss_growth_mb_per_min']} MB/min)",
+            flush=True,
+        )

@@ -63,8 +63,14 @@ async def spam(url: str, room: str, source: str, cookie: str, seconds: float, pa
     split = urlsplit(url)
     try:
         ws = await websockets.connect(
-            f"ws://{split.netloc}/ws/chat/{room}/", origin=url, additional_headers={"Cookie": cookie},
-            compression=None, proxy=None, max_size=None, ping_interval=None, local_addr=(source, 0),
+            f"ws://{split.netloc}/ws/chat/{room}/",
+            origin=url,
+            additional_headers={"Cookie": cookie},
+            compression=None,
+            proxy=None,
+            max_size=None,
+            ping_interval=None,
+            local_addr=(source, 0),
         )
     except websockets.InvalidStatus as refused:
         tally[f"socket refused {refused.response.status_code}"] += 1
@@ -109,8 +115,7 @@ async def spam(url: str, room: str, source: str, cookie: str, seconds: float, pa
         tally["socket seconds"] += time.monotonic() - started
 
 
-async def run(url: str, source: str, sessions: int, seconds: float, pace: float, burst: int,
-              per_second: float) -> dict:
+async def run(url: str, source: str, sessions: int, seconds: float, pace: float, burst: int, per_second: float) -> dict:
     split = urlsplit(url)
     room = f"spam-{uuid.uuid4().hex[:8]}"
     tally: defaultdict = defaultdict(int, {"sockets": 0, "stored": 0, "socket seconds": 0.0})
@@ -121,8 +126,12 @@ async def run(url: str, source: str, sessions: int, seconds: float, pace: float,
     await asyncio.gather(*(spam(url, room, source, cookie, seconds, pace, tally) for cookie in made))
     rate, page_burst = page_limit()
     return {
-        "room": room, "source": source, "sessions asked": sessions, "sessions made": len(made),
-        "page views refused (429)": sessions - len(made), "seconds making sessions": round(making, 2),
+        "room": room,
+        "source": source,
+        "sessions asked": sessions,
+        "sessions made": len(made),
+        "page views refused (429)": sessions - len(made),
+        "seconds making sessions": round(making, 2),
         "sessions allowed at most": int(page_burst + 1 + rate * making),
         **{name: (round(value, 1) if isinstance(value, float) else value) for name, value in tally.items()},
         "stored allowed at most": int(tally["sockets"] * burst + per_second * tally["socket seconds"]),
@@ -140,8 +149,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10, help="the server's CHAT_RATE_BURST")
     parser.add_argument("--per-second", type=float, default=1.0, help="the server's CHAT_RATE_PER_SECOND")
     args = parser.parse_args()
-    result = asyncio.run(run(args.url, args.source, args.sessions, args.seconds, args.frames_per_second, args.burst,
-                                 args.per_second))
+    result = asyncio.run(
+        run(args.url, args.source, args.sessions, args.seconds, args.frames_per_second, args.burst, args.per_second)
+    )
     print(json.dumps(result, indent=1))
 
 

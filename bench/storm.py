@@ -28,6 +28,7 @@ and the gaps.
 """
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -94,10 +95,8 @@ class StormClient(SoakClient):
         self.pending[client_id] = frame
         self.sent += 1
         self.sent_at.append(time.time())
-        try:
+        with contextlib.suppress(ConnectionClosed):  # sent again after the next welcome
             await self.ws.send(frame)
-        except ConnectionClosed:
-            pass  # sent again after the next welcome
 
     async def resend_pending(self) -> None:
         assert self.ws is not None
@@ -146,13 +145,13 @@ class StormClient(SoakClient):
             try:
                 await asyncio.wait_for(self.connect(), self.cfg.open_timeout)  # welcome, then resume if behind
                 await self.resend_pending()
-            except Exception as exc:  # noqa: BLE001 - every failed attempt is counted by cause
+            except Exception as exc:  # every failed attempt is counted by cause
                 self.ws = None
                 self.failures[describe(exc)] += 1
                 if isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == 4401:
                     try:  # no valid session: the browser reloads the page
                         self.cookie = await page_cookie(self.cfg)
-                    except Exception as again:  # noqa: BLE001
+                    except Exception as again:
                         self.failures["page: " + describe(again)] += 1
                 continue
             self.back_at = time.time()
@@ -178,8 +177,9 @@ class StormWorker(Worker):
     def make_client(self, index: int) -> StormClient:
         return StormClient(self.cfg_of(index), self.backoff, self.retry_every)
 
-    async def storm(self, at: float, drop: bool, timeout: float, senders: int, rate: float,
-                    duration: float) -> dict[str, Any]:
+    async def storm(
+        self, at: float, drop: bool, timeout: float, senders: int, rate: float, duration: float
+    ) -> dict[str, Any]:
         """The storm at wall time ``at`` (``drop``: abort every socket then); answer when all are back."""
         loop = asyncio.get_running_loop()
         self.at = at
@@ -187,8 +187,11 @@ class StormWorker(Worker):
         clients: dict[int, StormClient] = self.clients
         self.living = [loop.create_task(c.storm(t0 + timeout)) for c in clients.values()]
         # The senders go on until every worker's tabs are back (``finish``) and ``duration`` has passed.
-        self.chatting = [loop.create_task(c.chat_through(t0 - LEAD, t0 + duration, self.storm_over, senders / rate))
-                         for i, c in clients.items() if i < senders]
+        self.chatting = [
+            loop.create_task(c.chat_through(t0 - LEAD, t0 + duration, self.storm_over, senders / rate))
+            for i, c in clients.items()
+            if i < senders
+        ]
         if drop:
             await asyncio.sleep(max(0.0, t0 - loop.time()))
             for client in clients.values():
@@ -208,29 +211,58 @@ class StormWorker(Worker):
         await asyncio.gather(*self.living, return_exceptions=True)
         self.clients = {}  # closed here: nothing left for the pool's close
         at = self.at
-        return {"clients": [
-            {"flaky": False, "start_id": c.start_id, "seen": sorted(c.seen), "duplicates": c.duplicates,
-             "reconnects": c.reconnects, "sent": c.sent, "skipped": c.skipped, "errors": c.errors,
-             "connected_at_end": connected_at_end[i],
-             "down_s": None if c.down_at is None else round(c.down_at - at, 3),
-             "back_s": None if c.back_at is None else round(c.back_at - at, 3),
-             "attempts": c.attempts, "failures": dict(c.failures),
-             "sent_at_s": [round(t - at, 3) for t in c.sent_at], "resent": c.resent, "not_stored": len(c.pending)}
-            for i, c in clients.items()
-        ]}
+        return {
+            "clients": [
+                {
+                    "flaky": False,
+                    "start_id": c.start_id,
+                    "seen": sorted(c.seen),
+                    "duplicates": c.duplicates,
+                    "reconnects": c.reconnects,
+                    "sent": c.sent,
+                    "skipped": c.skipped,
+                    "errors": c.errors,
+                    "connected_at_end": connected_at_end[i],
+                    "down_s": None if c.down_at is None else round(c.down_at - at, 3),
+                    "back_s": None if c.back_at is None else round(c.back_at - at, 3),
+                    "attempts": c.attempts,
+                    "failures": dict(c.failures),
+                    "sent_at_s": [round(t - at, 3) for t in c.sent_at],
+                    "resent": c.resent,
+                    "not_stored": len(c.pending),
+                }
+                for i, c in clients.items()
+            ]
+        }
 
 
-def storm(target: Target, load: Load, *, cause: str = "restart", backoff: str = "jitter",
-          timeout: float = 120.0, retry_every: float = 0.1) -> dict[str, Any]:
+def storm(
+    target: Target,
+    load: Load,
+    *,
+    cause: str = "restart",
+    backoff: str = "jitter",
+    timeout: float = 120.0,
+    retry_every: float = 0.1,
+) -> dict[str, Any]:
     """Connect ``load.clients`` tabs, storm them, and report how they came back and what they missed."""
     if cause not in CAUSES or backoff not in BACKOFFS:
         raise ValueError(f"cause: one of {CAUSES}; backoff: one of {BACKOFFS}")
     room = new_room()
     cfg = Config(target.kind, target.host, target.port, room, load.open_timeout)
-    pool = Pool(lambda ids, share: StormWorker(cfg, ids, share, backoff, retry_every), load.clients, load.procs,
-                load.concurrency)
-    result: dict[str, Any] = {"load": vars(load).copy(), "cause": cause, "backoff": backoff,
-                              "retry_every_s": retry_every if backoff == "none" else None, "timeout_s": timeout}
+    pool = Pool(
+        lambda ids, share: StormWorker(cfg, ids, share, backoff, retry_every),
+        load.clients,
+        load.procs,
+        load.concurrency,
+    )
+    result: dict[str, Any] = {
+        "load": vars(load).copy(),
+        "cause": cause,
+        "backoff": backoff,
+        "retry_every_s": retry_every if backoff == "none" else None,
+        "timeout_s": timeout,
+    }
     series: list[list[float]] = []  # [s since the storm, server RSS MB, open files, CPU s]
     try:
         result["connect"] = connect_all(pool, target, load)
@@ -238,22 +270,38 @@ def storm(target: Target, load: Load, *, cause: str = "restart", backoff: str = 
         time.sleep(2)  # presence settles
         before = sample(target.pid)
         at = time.time() + LEAD + 1.0
-        pool.send("storm", at=at, drop=cause == "drop", timeout=timeout, senders=senders,
-                  rate=load.rate, duration=load.duration)
+        pool.send(
+            "storm",
+            at=at,
+            drop=cause == "drop",
+            timeout=timeout,
+            senders=senders,
+            rate=load.rate,
+            duration=load.duration,
+        )
         time.sleep(max(0.0, at - time.time()))
         print(f"  storm: {cause} at t=0, clients reconnect with {backoff} backoff", flush=True)
         if cause in ("restart", "kill"):
             result["restart"] = target.restart(kill=cause == "kill")
             result["restart"]["up_s"] = round(time.time() - at, 2)  # the new process answers /healthz
-            print(f"  storm: server {'killed' if cause == 'kill' else 'stopped'} in {result['restart']['stop_s']} s, "
-                  f"up again at t={result['restart']['up_s']} s (pid {target.pid})", flush=True)
+            print(
+                f"  storm: server {'killed' if cause == 'kill' else 'stopped'} in {result['restart']['stop_s']} s, "
+                f"up again at t={result['restart']['up_s']} s (pid {target.pid})",
+                flush=True,
+            )
         next_sample = time.time()
         while True:
             if time.time() >= next_sample:  # at least once, then every second until all are back
                 now = sample(target.pid)
                 if now is not None:
-                    series.append([round(time.time() - at, 1), round(now.rss_kb / 1024, 1),
-                                   open_files(target.pid) or 0, now.cpu_s])
+                    series.append(
+                        [
+                            round(time.time() - at, 1),
+                            round(now.rss_kb / 1024, 1),
+                            open_files(target.pid) or 0,
+                            now.cpu_s,
+                        ]
+                    )
                 next_sample += 1.0
             if pool.ready(0):
                 break
@@ -264,8 +312,11 @@ def storm(target: Target, load: Load, *, cause: str = "restart", backoff: str = 
         pool.close()
     clients = [c for a in answers for c in a["clients"]]
     stored = asyncio.run(stored_ids(cfg))
-    result.update(back_figures(clients, result.get("restart")), server_series=series,
-                  **server_figures(before, sample(target.pid), series, cause))
+    result.update(
+        back_figures(clients, result.get("restart")),
+        server_series=series,
+        **server_figures(before, sample(target.pid), series, cause),
+    )
     result["messages"] = _gaps(clients, stored)
     sent_at = [t for c in clients for t in c["sent_at_s"]]
     last_back = result["back_s"]["max"] or 0.0
@@ -290,16 +341,25 @@ def back_figures(clients: list[dict[str, Any]], restart: dict[str, float] | None
     all_back = last if back and len(back) == len(dropped) else None
     per_second = Counter(int(b) for b in back)
     figures: dict[str, Any] = {
-        "clients": len(clients), "dropped": len(dropped), "never_dropped": len(clients) - len(dropped),
-        "back": len(back), "not_back": len(dropped) - len(back), "all_back_s": all_back,
-        "back_s": {"p50": rank_percentile(back, 50), "p90": rank_percentile(back, 90),
-                   "p99": rank_percentile(back, 99), "max": last},
+        "clients": len(clients),
+        "dropped": len(dropped),
+        "never_dropped": len(clients) - len(dropped),
+        "back": len(back),
+        "not_back": len(dropped) - len(back),
+        "all_back_s": all_back,
+        "back_s": {
+            "p50": rank_percentile(back, 50),
+            "p90": rank_percentile(back, 90),
+            "p99": rank_percentile(back, 99),
+            "max": last,
+        },
         "reconnects_per_s": round(len(back) / last, 1) if last else None,
         "back_by_second": [[s, per_second.get(s, 0)] for s in range(int(last) + 1)] if last is not None else [],
         "peak_reconnects_in_one_s": max(per_second.values(), default=0),
         "attempts": sum(c["attempts"] for c in clients),
         "attempts_max": max((c["attempts"] for c in clients), default=0),
-        "failed_attempts": sum(failures.values()), "failures": dict(failures.most_common(10)),
+        "failed_attempts": sum(failures.values()),
+        "failures": dict(failures.most_common(10)),
     }
     if restart is not None and last is not None:
         # up_s is when /healthz first answered (polled every 0.2 s): the tabs may beat it.
@@ -312,8 +372,11 @@ def back_figures(clients: list[dict[str, Any]], restart: dict[str, float] | None
 def server_figures(before: Any, after: Any, series: list[list[float]], cause: str) -> dict[str, Any]:
     if before is None or after is None:
         return {"server": {}}
-    figures = {"rss_before_mb": round(before.rss_kb / 1024, 1), "rss_after_mb": round(after.rss_kb / 1024, 1),
-               "open_files_peak": max((s[2] for s in series), default=None)}
+    figures = {
+        "rss_before_mb": round(before.rss_kb / 1024, 1),
+        "rss_after_mb": round(after.rss_kb / 1024, 1),
+        "open_files_peak": max((s[2] for s in series), default=None),
+    }
     if series:
         # CPU seconds over the storm: the new process's whole life after a restart, else since the storm.
         start_cpu = 0.0 if cause in ("restart", "kill") else before.cpu_s
@@ -323,16 +386,26 @@ def server_figures(before: Any, after: Any, series: list[list[float]], cause: st
 
 def _print(r: dict[str, Any]) -> None:
     b, m = r["back_s"], r["messages"]
-    up = (f"; {r['all_back_after_server_up_s']} s after the new process answered "
-          f"({r['reconnects_per_s_after_server_up']}/s)" if "all_back_after_server_up_s" in r else "")
-    print(f"  storm: {r['back']}/{r['dropped']} back (of {r['clients']}; {r['not_back']} not back, "
-          f"{r['never_dropped']} never dropped); all back at {r['all_back_s']} s{up}; back s p50 {b['p50']} "
-          f"p90 {b['p90']} p99 {b['p99']} max {b['max']}; {r['reconnects_per_s']}/s overall, peak "
-          f"{r['peak_reconnects_in_one_s']} in one second; {r['attempts']} attempts, {r['failed_attempts']} failed "
-          f"{r['failures'] or ''}", flush=True)
-    print(f"  storm messages: {m['sent']} sent ({m['sent_before_storm']} before the storm, {m['sent_during_storm']} "
-          f"while tabs were still away; {m['skipped_while_away']} skipped while away; {m['resent']} sent again "
-          f"after a reconnect, {m['sent_not_stored']} never stored), {m['stored']} stored, "
-          f"{m['received']} received; gaps {m['gaps']} (in {m['clients_with_gaps']} clients), duplicates "
-          f"{m['duplicates'] or 0}, not connected at the end {m['not_connected_at_end']}"
-          f"{'; errors ' + str(m['errors']) if m['errors'] else ''}; server {r['server']}", flush=True)
+    up = (
+        f"; {r['all_back_after_server_up_s']} s after the new process answered "
+        f"({r['reconnects_per_s_after_server_up']}/s)"
+        if "all_back_after_server_up_s" in r
+        else ""
+    )
+    print(
+        f"  storm: {r['back']}/{r['dropped']} back (of {r['clients']}; {r['not_back']} not back, "
+        f"{r['never_dropped']} never dropped); all back at {r['all_back_s']} s{up}; back s p50 {b['p50']} "
+        f"p90 {b['p90']} p99 {b['p99']} max {b['max']}; {r['reconnects_per_s']}/s overall, peak "
+        f"{r['peak_reconnects_in_one_s']} in one second; {r['attempts']} attempts, {r['failed_attempts']} failed "
+        f"{r['failures'] or ''}",
+        flush=True,
+    )
+    print(
+        f"  storm messages: {m['sent']} sent ({m['sent_before_storm']} before the storm, {m['sent_during_storm']} "
+        f"while tabs were still away; {m['skipped_while_away']} skipped while away; {m['resent']} sent again "
+        f"after a reconnect, {m['sent_not_stored']} never stored), {m['stored']} stored, "
+        f"{m['received']} received; gaps {m['gaps']} (in {m['clients_with_gaps']} clients), duplicates "
+        f"{m['duplicates'] or 0}, not connected at the end {m['not_connected_at_end']}"
+        f"{'; errors ' + str(m['errors']) if m['errors'] else ''}; server {r['server']}",
+        flush=True,
+    )

@@ -68,10 +68,28 @@ def test_soak_every_stored_message_reaches_every_client_across_reconnects(projec
 
 def test_soak_counts_a_stored_message_a_connected_client_never_got():
     clients = [
-        {"flaky": False, "start_id": 0, "seen": [1, 2, 3], "duplicates": {}, "reconnects": 0, "sent": 3,
-         "skipped": 0, "errors": {}, "connected_at_end": True},
-        {"flaky": True, "start_id": 1, "seen": [3], "duplicates": {}, "reconnects": 2, "sent": 0,
-         "skipped": 0, "errors": {}, "connected_at_end": True},  # joined after 1, missed 2
+        {
+            "flaky": False,
+            "start_id": 0,
+            "seen": [1, 2, 3],
+            "duplicates": {},
+            "reconnects": 0,
+            "sent": 3,
+            "skipped": 0,
+            "errors": {},
+            "connected_at_end": True,
+        },
+        {
+            "flaky": True,
+            "start_id": 1,
+            "seen": [3],
+            "duplicates": {},
+            "reconnects": 2,
+            "sent": 0,
+            "skipped": 0,
+            "errors": {},
+            "connected_at_end": True,
+        },  # joined after 1, missed 2
     ]
 
     found = _gaps(clients, stored=[1, 2, 3])
@@ -91,8 +109,9 @@ def test_scale_ramps_one_process_then_two_that_deliver_across_each_other(server_
             for target in targets:
                 target.stop()
 
-    load = Load(clients=6, senders=2, rate=4.0, duration=0.5, drain=1.0, warmup=0.0, concurrency=6, procs=2,
-                max_steps=2)
+    load = Load(
+        clients=6, senders=2, rate=4.0, duration=0.5, drain=1.0, warmup=0.0, concurrency=6, procs=2, max_steps=2
+    )
 
     result = scenarios.scale(start, load)
 
@@ -115,12 +134,24 @@ def test_scale_ramps_one_process_then_two_that_deliver_across_each_other(server_
 def test_by_server_counts_a_message_that_reached_no_client_of_one_server():
     servers = [Target("project", "127.0.0.1", 1), Target("project", "127.0.0.1", 2)]
     # One worker; senders 0 (on server 0) and 1 (on server 1) sent 2 messages each.
-    answer = {"by_server": [
-        {"clients": 2, "senders": 1, "sent": 2, "delivered": 8,
-         "messages": {"0:0": 2, "0:1": 2, "1:0": 2, "1:1": 2}},
-        {"clients": 2, "senders": 1, "sent": 2, "delivered": 5,
-         "messages": {"0:0": 2, "1:0": 2, "1:1": 1}},  # 0:1 never crossed; one client missed 1:1
-    ]}
+    answer = {
+        "by_server": [
+            {
+                "clients": 2,
+                "senders": 1,
+                "sent": 2,
+                "delivered": 8,
+                "messages": {"0:0": 2, "0:1": 2, "1:0": 2, "1:1": 2},
+            },
+            {
+                "clients": 2,
+                "senders": 1,
+                "sent": 2,
+                "delivered": 5,
+                "messages": {"0:0": 2, "1:0": 2, "1:1": 1},
+            },  # 0:1 never crossed; one client missed 1:1
+        ]
+    }
 
     found = scenarios.by_server(servers, [answer])
 
@@ -148,8 +179,14 @@ def test_bigroom_reports_joins_memory_presence_and_delivery(project):
     assert presence["after_joins"]["bytes_per_client_s"] is not None
     assert presence["by_second"] and len(presence["by_room_size"]) == 4
     # Once the room settled, every tab shows the whole room.
-    assert presence["last_count"] == {"expected": 20, "matching": 20, "none": 0, "min": 20, "max": 20,
-                                      "values": {"20": 20}}
+    assert presence["last_count"] == {
+        "expected": 20,
+        "matching": 20,
+        "none": 0,
+        "min": 20,
+        "max": 20,
+        "values": {"20": 20},
+    }
     assert memory["rss_before_mb"] > 0 and memory["rss_peak_mb"] >= memory["rss_held_mb"] > 0
     assert memory["kb_per_socket"] is not None and memory["rss_after_mb"] > 0
     assert len(result["client"]["rss_mb"]) == 2
@@ -159,8 +196,10 @@ def test_bigroom_reports_joins_memory_presence_and_delivery(project):
 
 def test_bigroom_presence_by_second_and_by_room_size():
     # Two workers: welcomes in seconds 100 and 101, diff bytes in 100-102.
-    answers = [{"by_second": {100: 0, 101: 300, 102: 400}, "welcomes": {100: 2, 101: 2}},
-               {"by_second": {101: 300, 102: 400}, "welcomes": {100: 2, 101: 2}}]
+    answers = [
+        {"by_second": {100: 0, 101: 300, 102: 400}, "welcomes": {100: 2, 101: 2}},
+        {"by_second": {101: 300, 102: 400}, "welcomes": {100: 2, 101: 2}},
+    ]
 
     rows = by_second(answers, start=100.2, end=102.5)
 
@@ -206,10 +245,12 @@ def test_storm_backoff_and_figures_without_a_server():
     assert backoff_delay("none", 1, 0.1) == 0.0 and backoff_delay("none", 5, 0.1) == 0.1
     assert all(0 <= backoff_delay("jitter", 1, 0.1) < 1.0 for _ in range(100))  # chat.js: 500 ms * 2^1
     assert all(0 <= backoff_delay("jitter", 10, 0.1) < 15.0 for _ in range(100))  # capped at 15 s
-    clients = [{"down_s": 0.0, "back_s": 0.4, "attempts": 1, "failures": {}},
-               {"down_s": 0.0, "back_s": 1.6, "attempts": 3, "failures": {"timeout": 2}},
-               {"down_s": 0.0, "back_s": None, "attempts": 4, "failures": {"timeout": 4}},
-               {"down_s": None, "back_s": None, "attempts": 0, "failures": {}}]
+    clients = [
+        {"down_s": 0.0, "back_s": 0.4, "attempts": 1, "failures": {}},
+        {"down_s": 0.0, "back_s": 1.6, "attempts": 3, "failures": {"timeout": 2}},
+        {"down_s": 0.0, "back_s": None, "attempts": 4, "failures": {"timeout": 4}},
+        {"down_s": None, "back_s": None, "attempts": 0, "failures": {}},
+    ]
 
     found = back_figures(clients, {"stop_s": 0.1, "start_s": 0.5, "up_s": 0.6})
 
