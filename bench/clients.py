@@ -251,7 +251,7 @@ class Worker:
                 client, started = self.make_client(index), time.perf_counter()
                 try:
                     await asyncio.wait_for(client.open(), self.cfg.open_timeout)
-                except Exception as exc:
+                except Exception as exc:  # every failure is counted by cause
                     failures[describe(exc)] += 1
                     return
                 ready_ms.append((time.perf_counter() - started) * 1000)
@@ -345,7 +345,7 @@ def _serve(pipe: Connection, make_worker: Callable[[], Any]) -> None:
             command, kwargs = await loop.run_in_executor(None, pipe.recv)
             try:
                 answer = await worker.commands[command](**kwargs)
-            except Exception:
+            except Exception:  # the pool raises it in the main process
                 answer = {"error": traceback.format_exc()}
             pipe.send(answer)
             if command == "close":
@@ -412,5 +412,5 @@ class Pool:
 
 def raise_open_files_limit() -> None:
     """Thousands of sockets need as many file descriptors: raise the soft limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -44,19 +44,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-procs = []
+procs = []  # everything this script started, stopped at the end
 
 
-def start(cmd, **kw):
-    p = subprocess.Popen(cmd, **kw)
+def start(cmd, log, **kw):
+    """Start ``cmd`` with its output in the file ``log``; the child keeps its own copy of the file."""
+    with open(log, "w") as out:
+        p = subprocess.Popen(cmd, stdout=out, **kw)
     procs.append(p)
     return p
 
 
 def main():
-    redis = start(
+    start(
         ["redis-server", "--port", str(RPORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=open(D + "/redis.log", "w"),
+        D + "/redis.log",
         stderr=subprocess.STDOUT,
     )
     time.sleep(0.5)
@@ -92,9 +94,9 @@ def main():
             *DAPHNE_LIMIT_ARGS,
             "chatsite.asgi:application",
         ],
+        D + "/server.log",
         cwd=ROOT,
         env=env,
-        stdout=open(D + "/server.log", "w"),
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -104,7 +106,7 @@ def main():
             break
         except OSError:
             time.sleep(0.2)
-    monitor = start(["redis-cli", "-p", str(RPORT), "monitor"], stdout=open(D + "/monitor.txt", "w"))
+    start(["redis-cli", "-p", str(RPORT), "monitor"], D + "/monitor.txt")
     time.sleep(0.3)
     asyncio.run(scenario(base, port))
     time.sleep(0.3)
@@ -169,7 +171,7 @@ async def scenario(base, port):
     for n in range(10):
         await a.send(json.dumps({"type": "chat", "text": "y" * 100, "client_id": f"d{n}"}))
     for ws in (a, b, c):
-        for n in range(10):
+        for _ in range(10):
             await recv(ws, "chat")
     await asyncio.sleep(0.3)
     mark("close-tab-c")
@@ -182,9 +184,8 @@ async def scenario(base, port):
     await a.close()
     await asyncio.sleep(0.8)
     mark("end")
-    open(D + "/commandstats.txt", "w").write(
-        subprocess.run(["redis-cli", "-p", str(RPORT), "INFO", "commandstats"], capture_output=True, text=True).stdout
-    )
+    stats = subprocess.run(["redis-cli", "-p", str(RPORT), "INFO", "commandstats"], capture_output=True, text=True)
+    Path(D + "/commandstats.txt").write_text(stats.stdout)
 
 
 LINE = re.compile(r"^(\d+\.\d+) \[(\d+) ([^\]]+)\] (.*)$")
@@ -193,15 +194,16 @@ TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 def report() -> None:
     phase, phases = "start", defaultdict(list)
-    for line in open(D + "/monitor.txt"):
-        m = LINE.match(line.strip())
-        if not m:
-            continue
-        args = [ast.literal_eval('b"' + t + '"') for t in TOKEN.findall(m.group(4))]
-        if args and args[0].upper() == b"ECHO" and args[1].startswith(b"PHASE:"):
-            phase = args[1][6:].decode()
-            continue
-        phases[phase].append((m.group(3), args))
+    with open(D + "/monitor.txt") as monitor:
+        for line in monitor:
+            m = LINE.match(line.strip())
+            if not m:
+                continue
+            args = [ast.literal_eval('b"' + t + '"') for t in TOKEN.findall(m.group(4))]
+            if args and args[0].upper() == b"ECHO" and args[1].startswith(b"PHASE:"):
+                phase = args[1][6:].decode()
+                continue
+            phases[phase].append((m.group(3), args))
     for name, cmds in phases.items():
         sent = [args for client, args in cmds if client != "lua"]
         inner = Counter(args[0].decode().upper() for client, args in cmds if client == "lua")
@@ -215,7 +217,7 @@ def report() -> None:
         print("   in scripts:", dict(inner))
         if published:
             print("   PUBLISH payload bytes:", published)
-    print(open(D + "/commandstats.txt").read())
+    print(Path(D + "/commandstats.txt").read_text())
 
 
 if __name__ == "__main__":

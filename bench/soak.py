@@ -51,6 +51,7 @@ class SoakClient:
         self.duplicates: dict[str, int] = {}  # "<first> then <second>" -> count
         self.reconnects = self.sent = self.skipped = 0
         self.errors: dict[str, int] = {}
+        self.sending: set[asyncio.Task[None]] = set()  # resume requests in flight (the loop keeps only weak refs)
 
     async def open(self) -> None:
         """Load the page once (this browser's cookie), then connect."""
@@ -76,7 +77,9 @@ class SoakClient:
             if frame["has_more"] and self.ws is not None:
                 # As the browser does: the next page follows this one.
                 after = frame["messages"][-1]["id"]
-                asyncio.ensure_future(self.ws.send(json.dumps({"type": "resume", "after": after})))
+                task = asyncio.ensure_future(self.ws.send(json.dumps({"type": "resume", "after": after})))
+                self.sending.add(task)
+                task.add_done_callback(self.sending.discard)
         elif kind == "error":
             self.errors[frame["code"]] = self.errors.get(frame["code"], 0) + 1
 
@@ -128,7 +131,7 @@ class SoakClient:
                 try:
                     await self.connect()
                     self.reconnects += 1
-                except Exception as exc:
+                except Exception as exc:  # the server refused or was slow: try again
                     self.errors[describe(exc)] = self.errors.get(describe(exc), 0) + 1
                     await asyncio.sleep(0.5)
                     continue

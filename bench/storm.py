@@ -28,6 +28,7 @@ and the gaps.
 """
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -94,10 +95,8 @@ class StormClient(SoakClient):
         self.pending[client_id] = frame
         self.sent += 1
         self.sent_at.append(time.time())
-        try:
+        with contextlib.suppress(ConnectionClosed):  # sent again after the next welcome
             await self.ws.send(frame)
-        except ConnectionClosed:
-            pass  # sent again after the next welcome
 
     async def resend_pending(self) -> None:
         assert self.ws is not None
@@ -146,7 +145,7 @@ class StormClient(SoakClient):
             try:
                 await asyncio.wait_for(self.connect(), self.cfg.open_timeout)  # welcome, then resume if behind
                 await self.resend_pending()
-            except Exception as exc:
+            except Exception as exc:  # every failed attempt is counted by cause
                 self.ws = None
                 self.failures[describe(exc)] += 1
                 if isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == 4401:
