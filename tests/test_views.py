@@ -1,5 +1,6 @@
 """HTTP: redirects, the room page's first render, cookies, sessions, health."""
 
+import contextlib
 import json
 import logging
 import re
@@ -184,19 +185,25 @@ def test_the_page_is_never_cached(client):
     assert "Expires" in response
 
 
-def test_a_new_session_whose_key_is_taken_gets_another(monkeypatch):
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "in a transaction"])
+@pytest.mark.django_db(transaction=True)
+def test_a_new_session_whose_key_is_taken_gets_another(monkeypatch, in_transaction):
+    from django.contrib.sessions.backends.base import VALID_KEY_CHARS
     from django.contrib.sessions.models import Session
+    from django.db import transaction
 
     from chat import sessions
 
     taken = sessions.SessionStore()
     taken["session_id"] = "theirs"
     taken.create()
+    assert len(taken.session_key) == 32 and set(taken.session_key) <= set(VALID_KEY_CHARS)
     keys = iter([taken.session_key, "k" * 32])
-    monkeypatch.setattr(sessions, "get_random_string", lambda length, chars: next(keys))
-    session = sessions.SessionStore()
-    session["session_id"] = "mine"
-    session.save()
+    monkeypatch.setattr(sessions.SessionStore, "_get_new_session_key", lambda self: next(keys))
+    with transaction.atomic() if in_transaction else contextlib.nullcontext():
+        session = sessions.SessionStore()
+        session["session_id"] = "mine"
+        session.save()
     assert session.session_key == "k" * 32
     assert Session.objects.count() == 2
     assert sessions.SessionStore(taken.session_key).load() == {"session_id": "theirs"}  # untouched
