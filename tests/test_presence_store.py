@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from chat.realtime.people import LISTED_MAX, Person
-from chat.realtime.presence_store import LocalPresence, RedisPresence
+from chat.realtime.presence_store import LocalPresence, RedisPresence, Renewal
 from chat.redis_client import get_redis
 
 ADA, GRACE = "a" * 20, "g" * 20
@@ -112,7 +112,7 @@ async def test_a_dead_processes_tabs_expire_and_a_late_renewal_brings_one_back(s
     await enter(store, "alive")
     await asyncio.sleep(0.4)
     # Both expired; the renewal prunes them and puts its own tab back.
-    await store.renew(room="r", socket_id="alive", author_id=ADA, username="Ada", verified=False)
+    await store.renew(room="r", tabs=[Renewal("alive", ADA, "Ada", False)])
     people = await store.read(room="r", known_list=-1)
     assert people.count == 1 and people.listed == (Person(ADA, "Ada", False, 1),)
     # The dead tab's socket no longer counts against Grace's cap.
@@ -128,7 +128,7 @@ async def test_renewals_keep_a_socket_counted_past_the_ttl(settings):
     await enter(store, "alive", room="r2")
     for _ in range(3):
         await asyncio.sleep(0.4)
-        await store.renew(room="r2", socket_id="alive", author_id=ADA, username="Ada", verified=False)
+        await store.renew(room="r2", tabs=[Renewal("alive", ADA, "Ada", False)])
     assert await enter(store, "new", room="r3") is not None  # "dead" stopped counting
     assert await enter(store, "one-more", room="r3") is None  # "alive" still counts
 
@@ -141,3 +141,19 @@ async def test_two_processes_share_one_count(settings):
     assert sorted(result is not None for result in results) == [False] * 8 + [True] * 2
     people = await first.read(room="r", known_list=-1)
     assert people.count == 1 and people.listed[0].tabs == 2
+
+
+@pytest.mark.redis
+async def test_one_renewal_keeps_many_tabs_of_a_room_and_brings_back_the_expired(settings):
+    settings.CHAT_PRESENCE_TTL = 0.5
+    settings.CHAT_MAX_SOCKETS_PER_IDENTITY = 1
+    store = RedisPresence(get_redis())
+    authors = [f"author{n:04d}" for n in range(300)]
+    for n, author in enumerate(authors):
+        await enter(store, f"s{n}", author, name=f"n{n}")
+    await asyncio.sleep(0.6)  # every entry has expired (no renewal came)
+    await store.renew(room="r", tabs=[Renewal(f"s{n}", author, f"n{n}", False) for n, author in enumerate(authors)])
+    people = await store.read(room="r", known_list=-1)
+    assert people.count == 300 and {p.tabs for p in people.listed} == {1}
+    # Their sockets count against their caps again.
+    assert await enter(store, "another", authors[0]) is None

@@ -41,15 +41,15 @@ from chat.realtime.events import (
     room_group,
 )
 from chat.realtime.presence_feed import PresenceFeed
-from chat.realtime.presence_store import PresenceStore, get_presence
+from chat.realtime.presence_store import PresenceStore, Renewal, get_presence
 from chat.realtime.probe import PROBE_TIMEOUT, PROBE_TYPE, LayerProbe
 from chat.realtime.stream import Broadcast, MessageStream
 from chat.realtime.tab import Tab, prepare
 
 logger = logging.getLogger(__name__)
 
-# Tabs whose presence the hub renews at the same time.
-RENEW_AT_ONCE = 50
+# Tabs of one room the hub renews in one script.
+RENEW_AT_ONCE = 500
 # How often the hub asks the presence store which rooms changed. A tab still
 # gets at most one presence frame a second (presence_feed.PRESENCE_INTERVAL).
 PRESENCE_POLL = 0.25
@@ -324,32 +324,34 @@ class RoomHub:
                 due = loop.time()
 
     async def _renew_all(self) -> int:
-        tabs = [tab for feed in list(self.feeds.values()) for tab in list(feed.tabs)]
-        for start in range(0, len(tabs), RENEW_AT_ONCE):
-            await asyncio.gather(*(self._renew(tab) for tab in tabs[start : start + RENEW_AT_ONCE]))
-        return len(tabs)
+        """Renew every local tab, ``RENEW_AT_ONCE`` tabs of a room per script."""
+        count = 0
+        for room, feed in list(self.feeds.items()):
+            tabs = list(feed.tabs)
+            count += len(tabs)
+            for start in range(0, len(tabs), RENEW_AT_ONCE):
+                try:
+                    await asyncio.wait_for(self._renew_some(room, tabs[start : start + RENEW_AT_ONCE]), PROBE_TIMEOUT)
+                except TimeoutError:
+                    logger.warning("presence renewal timed out room=%s", room)
+                except Exception:
+                    logger.exception("presence renewal failed room=%s", room)
+        return count
 
-    async def _renew(self, tab: Tab) -> None:
-        try:
-            await asyncio.wait_for(self.renew(tab), PROBE_TIMEOUT)
-        except TimeoutError:
-            logger.warning("presence renewal timed out")
-        except Exception:
-            logger.exception("presence renewal failed")
+    async def _renew_some(self, room: str, tabs: list[Tab]) -> None:
+        live = [tab for tab in tabs if not tab.closing]
+        await self.presence.renew(room=room, tabs=[_renewal(tab) for tab in live])
+        for tab in live:
+            if tab.closing:
+                # It closed while the script ran, which may have put it back: take it out again.
+                await self.presence.exit(room=room, socket_id=tab.socket_id, author_id=tab.identity.author_id)
 
     async def renew(self, tab: Tab) -> None:
         """Keep ``tab`` in presence and in its socket count (put it back if it had expired)."""
         async with tab.renewal:
             if tab.closing or not self.has(tab):
                 return  # its cleanup has begun: renewing would bring it back
-            identity = tab.identity
-            await self.presence.renew(
-                room=tab.room,
-                socket_id=tab.socket_id,
-                author_id=identity.author_id,
-                username=identity.username,
-                verified=identity.verified,
-            )
+            await self.presence.renew(room=tab.room, tabs=[_renewal(tab)])
 
     async def _send_presence(self) -> None:
         """Send each tab that is behind its room's presence, at most once a second."""
@@ -373,6 +375,11 @@ class RoomHub:
                     prepared = prepare(frame) if len(tabs) > 1 else None
                     for tab in tabs:
                         await tab.send(frame, prepared)
+
+
+def _renewal(tab: Tab) -> Renewal:
+    identity = tab.identity
+    return Renewal(tab.socket_id, identity.author_id, identity.username, identity.verified)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RoomHub]" = weakref.WeakKeyDictionary()
