@@ -7,8 +7,9 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
-        from django.contrib.auth.signals import user_logged_in
+        from django.contrib.auth.signals import user_logged_in, user_logged_out
 
+        from chat import services
         from chat.sessions import keep
 
         def keep_signed_in_session(sender: object, request: HttpRequest | None, **kwargs: object) -> None:
@@ -17,3 +18,10 @@ class ChatConfig(AppConfig):
                 keep(request.session)
 
         user_logged_in.connect(keep_signed_in_session, dispatch_uid="chat.keep_signed_in_session")
+
+        def close_verified_sockets(sender: object, request: HttpRequest | None, **kwargs: object) -> None:
+            # Nothing from this browser may stay verified (PROTOCOL.md §2).
+            if request is not None and hasattr(request, "session"):
+                services.sign_out_visitor(session=request.session)
+
+        user_logged_out.connect(close_verified_sockets, dispatch_uid="chat.close_verified_sockets")

@@ -21,7 +21,7 @@ from chat import protocol, selectors, validators
 from chat.identity import Identity, author_id_for, get_session_id, guest_name_for, signed_in
 from chat.models import Message, Room, VisitorSettings
 from chat.realtime import gateway
-from chat.realtime.events import MessageStored, VisitorRenamed
+from chat.realtime.events import MessageStored, VisitorRenamed, VisitorSignedOut
 
 # read_at only has to be good to the day for the stale-settings purge, so a
 # connect writes it at most once a day rather than on every connect.
@@ -94,6 +94,18 @@ def rename_visitor(*, session_id: uuid.UUID, username: str, previous: str) -> st
         )
         _announce_name(session_id=session_id, old=previous, username=username)
     return username
+
+
+def sign_out_visitor(*, session: SessionBase) -> None:
+    """Tell every process that this browser's user signed out: its verified sockets close with 4401.
+
+    Called as Django signs the user out (``user_logged_out``, before the
+    session is flushed). The reconnecting tabs come back as the guest they
+    now are.
+    """
+    session_id = get_session_id(session)
+    if session_id is not None:
+        gateway.send_on_commit(VisitorSignedOut(author_id=author_id_for(session_id)))
 
 
 def delete_visitor_settings(*, session_ids: list[uuid.UUID]) -> int:

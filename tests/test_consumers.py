@@ -12,7 +12,9 @@ import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.test import Client
 
 from chat import services
 from chat.identity import author_id_for, guest_name_for
@@ -133,6 +135,37 @@ async def test_signed_in_staff_are_verified():
     await tab.send({"type": "chat", "text": "official"})
     assert (await tab.recv_type("chat"))["verified"] is True
     await tab.close()
+
+
+async def test_after_sign_out_no_socket_of_that_browser_stays_verified():
+    user = await database_sync_to_async(User.objects.create_user)("staff", password="pw", is_staff=True)
+    key = await new_browser(user=user)
+    staff, elsewhere = Tab(key), Tab(key, room="other")
+    welcomes = [await tab.open() for tab in (staff, elsewhere)]
+    assert [w["verified"] for w in welcomes] == [True, True]
+    bystander = await open_tab(await new_browser())
+    await staff.quiet()
+
+    def sign_out() -> str:
+        browser = Client()
+        browser.cookies[settings.SESSION_COOKIE_NAME] = key
+        assert browser.post("/admin/logout/").status_code == 200
+        return browser.cookies[settings.SESSION_COOKIE_NAME].value  # the flushed session's new key
+
+    new_key = await database_sync_to_async(sign_out)()
+    # Both of its sockets, in every room, are closed; the page reloads and comes back as a guest.
+    for tab in (staff, elsewhere):
+        closed = await tab.comm.receive_output(timeout=TIMEOUT)
+        while closed["type"] != "websocket.close":
+            closed = await tab.comm.receive_output(timeout=TIMEOUT)
+        assert closed["code"] == 4401
+    assert await bystander.only_presence()  # another browser is not touched
+    again = Tab(new_key)
+    welcome = await again.open()
+    assert welcome["verified"] is False  # a guest now
+    assert welcome["author_id"] == welcomes[0]["author_id"]  # the same browser: its session_id was kept
+    await again.close()
+    await bystander.close()
 
 
 # --- chat -----------------------------------------------------------------------

@@ -51,6 +51,13 @@ class VisitorRenamed:
 
 
 @dataclass(frozen=True, slots=True)
+class VisitorSignedOut:
+    """The Django user of a browser signed out: its sockets opened while signed in are verified no more."""
+
+    author_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoomRenameShown:
     """The ``renamed`` frame for one room, after one of its tabs claimed the rename."""
 
@@ -58,13 +65,14 @@ class RoomRenameShown:
     frame: str
 
 
-Event = MessageStored | VisitorRenamed | RoomRenameShown
+Event = MessageStored | VisitorRenamed | VisitorSignedOut | RoomRenameShown
 
 # The channel layer's "type" of each event (a dict key, so no dots: the
 # layer's own handlers are not involved, the hub reads the channel itself).
 _TYPES: dict[type[Any], str] = {
     MessageStored: "chat.message_stored",
     VisitorRenamed: "chat.visitor_renamed",
+    VisitorSignedOut: "chat.visitor_signed_out",
     RoomRenameShown: "chat.room_rename_shown",
 }
 _CLASSES = {name: cls for cls, name in _TYPES.items()}
@@ -72,7 +80,7 @@ _CLASSES = {name: cls for cls, name in _TYPES.items()}
 
 def group_of(event: Event) -> str:
     """Return the group ``event`` is sent to."""
-    if isinstance(event, VisitorRenamed):
+    if isinstance(event, VisitorRenamed | VisitorSignedOut):
         return IDENTITY_GROUP
     return room_group(event.room)
 

@@ -37,6 +37,7 @@ from chat.realtime.events import (
     MessageStored,
     RoomRenameShown,
     VisitorRenamed,
+    VisitorSignedOut,
     from_message,
     room_group,
 )
@@ -246,6 +247,10 @@ class RoomHub:
                 await self._broadcast(room, frame)
             case VisitorRenamed():
                 await self._visitor_renamed(event)
+            case VisitorSignedOut(author_id=author_id):
+                for tab in list(self.authors.get(author_id, ())):
+                    if tab.identity.verified:
+                        await tab.close(protocol.CLOSE_NO_SESSION)
 
     async def _broadcast(self, room: str, frame: str, message_id: int | None = None) -> None:
         feed = self.feeds.get(room)

@@ -66,6 +66,11 @@ class Tab:
         with contextlib.suppress(Disconnected):
             await self._send(message)
 
+    async def close(self, code: int) -> None:
+        """Close the socket with ``code`` (its consumer's ``disconnect`` then cleans up)."""
+        with contextlib.suppress(Disconnected):
+            await self._send({"type": "websocket.close", "code": code})
+
     async def deliver(self, frame: str, message_id: int | None = None, prepared: PreparedMessage | None = None) -> None:
         """Send a room frame, after the welcome; ``message_id`` of a chat frame."""
         if self.early is not None:
