@@ -30,6 +30,15 @@ function formatTime(iso) {
   return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+// The mark of a signed-in staff member (`verified`), on messages and in the people list.
+function staffBadge() {
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  badge.title = "signed-in staff";
+  badge.textContent = "staff";
+  return badge;
+}
+
 function messageElement(m) {
   const li = document.createElement("li");
   li.className = "message" + (m.author_id === state.authorId ? " own" : "");
@@ -43,12 +52,7 @@ function messageElement(m) {
   author.dataset.testid = "message-author";
   author.dir = "auto";
   author.textContent = m.username;
-  if (m.verified) {
-    const badge = meta.appendChild(document.createElement("span"));
-    badge.className = "badge";
-    badge.title = "signed-in staff";
-    badge.textContent = "staff";
-  }
+  if (m.verified) meta.appendChild(staffBadge());
   const time = meta.appendChild(document.createElement("time"));
   time.dateTime = m.ts;
   time.textContent = formatTime(m.ts);
@@ -210,11 +214,7 @@ function personElement(user) {
   const name = li.appendChild(document.createElement("span"));
   name.dir = "auto";
   name.textContent = user.username;
-  if (user.verified) {
-    const badge = li.appendChild(document.createElement("span"));
-    badge.className = "badge";
-    badge.textContent = "staff";
-  }
+  if (user.verified) li.appendChild(staffBadge());
   if (user.tabs > 1) {
     const tabs = li.appendChild(document.createElement("span"));
     tabs.className = "tabs";
