@@ -20,4 +20,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=5 CMD ["python", "-m", "chatsite.healthcheck"]
 # MIGRATE=0 skips the migration on start (docker-compose.yml migrates once,
 # in a service of its own, before its replicas start). PORT: 8000 unless set.
-CMD ["sh", "-c", "[ \"${MIGRATE:-1}\" = 0 ] || python manage.py migrate --noinput || exit 1; exec python -m chatsite.server -b 0.0.0.0 -p \"${PORT:-8000}\" --websocket-max-message-size 16384 --websocket-max-frame-size 16384 --proxy-headers chatsite.asgi:application"]
+CMD ["sh", "-c", "[ \"${MIGRATE:-1}\" = 0 ] || python manage.py migrate --noinput || exit 1; exec python -m chatsite.server -b 0.0.0.0 -p \"${PORT:-8000}\" --websocket-max-message-size 16384 --websocket-max-frame-size 16384 $([ \"${BEHIND_PROXY:-0}\" = 1 ] && echo --proxy-headers) chatsite.asgi:application"]

@@ -7,7 +7,10 @@ import it and write the number: these tests fail when one of them says
 another number, or stops passing the limit at all.
 """
 
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,15 @@ def test_test_and_bench_servers_take_the_limit_from_python():
         source = Path(module.__file__).read_text()
         assert "DAPHNE_LIMIT_ARGS" in source
         assert limits_in(source) == {flag: [] for flag in FLAGS}, f"{module.__name__} writes the number itself"
+
+
+@pytest.mark.parametrize("behind_proxy, trusted", [("1", True), ("0", False), (None, False)])
+def test_the_image_trusts_forwarded_headers_only_behind_a_proxy(behind_proxy, trusted):
+    # daphne's --proxy-headers takes the client's address and scheme from
+    # X-Forwarded-*: only when a proxy sets them (BEHIND_PROXY=1, as compose does).
+    line = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    script = json.loads(line[4:])[2].replace("exec python", "exec echo python")
+    env = {"PATH": os.environ["PATH"], "MIGRATE": "0", **({"BEHIND_PROXY": behind_proxy} if behind_proxy else {})}
+    command = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert command[:3] == ["python", "-m", "chatsite.server"] and command[-1] == "chatsite.asgi:application"
+    assert ("--proxy-headers" in command) is trusted
