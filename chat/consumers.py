@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # answered with "unavailable" and the socket stays open.
 UNAVAILABLE = (DatabaseError, RedisError, OSError, asyncio.TimeoutError)
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_ABNORMAL = 1006
 
 
@@ -53,7 +54,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     tab: Tab | None = None
     # Whether the last frame was over the socket's frame budget: a flood is
     # logged once, when it starts, not once per frame.
-    over_frame_budget = False
+    # Frames refused in a row for the socket's frame budget (0: within it).
+    refused_in_a_row = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -247,16 +249,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Take one of this socket's frame tokens (in memory); answer ``rate_limited`` when none is left."""
         retry_after = self.frame_budget.take(limit("frame"), time.monotonic())
         if retry_after is None:
-            self.over_frame_budget = False
+            self.refused_in_a_row = 0
             return True
-        if not self.over_frame_budget:
-            self.over_frame_budget = True
+        self.refused_in_a_row += 1
+        if self.refused_in_a_row == 1:
             logger.info(
                 "frame rejected room=%s code=rate_limited action=frame retry_after=%s "
                 "(further refusals of this flood are not logged)",
                 self.room,
                 retry_after,
             )
+        if self.refused_in_a_row > settings.CHAT_FRAME_FLOOD_CLOSE:
+            # No page sends on past `retry_after` like this (chat.js waits): a script does.
+            logger.info("closing room=%s: frame flood (%d refused in a row)", self.room, self.refused_in_a_row - 1)
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+            return False
         await self.send_rate_limited(client_id=client_id, retry_after=retry_after)
         return False
 

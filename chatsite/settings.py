@@ -191,6 +191,9 @@ CHAT_READ_RATE_PER_SECOND = env.float("CHAT_READ_RATE_PER_SECOND", default=2.0)
 # Frames of any kind, per socket.
 CHAT_FRAME_RATE_BURST = env.int("CHAT_FRAME_RATE_BURST", default=30)
 CHAT_FRAME_RATE_PER_SECOND = env.float("CHAT_FRAME_RATE_PER_SECOND", default=10.0)
+# A socket whose frames keep coming past its frame budget, this many refused
+# in a row, is closed with 1008 (docs/protocol.md): a page waits retry_after.
+CHAT_FRAME_FLOOD_CLOSE = env.int("CHAT_FRAME_FLOOD_CLOSE", default=100)
 CHAT_PRESENCE_TTL = env.float("CHAT_PRESENCE_TTL", default=60.0)
 # Open sockets one identity may hold, across all rooms and server processes.
 CHAT_MAX_SOCKETS_PER_IDENTITY = env.int("CHAT_MAX_SOCKETS_PER_IDENTITY", default=20)

@@ -6,6 +6,7 @@ production with several server processes.
 """
 
 import asyncio
+import json
 import logging
 import time
 
@@ -390,6 +391,28 @@ async def test_a_socket_gets_a_burst_of_30_frames_then_10_a_second(settings):
     await still_alive(other_tab)
     for t in (tab, other_tab):
         await t.close()
+
+
+async def test_a_socket_that_keeps_sending_past_its_budget_is_closed_with_1008(settings):
+    assert settings.CHAT_FRAME_FLOOD_CLOSE == 100
+    key = await new_browser()
+    flooding, other_tab = await open_tab(key), await open_tab(key)
+    for t in (flooding, other_tab):
+        await t.quiet()
+    for _ in range(200):  # as fast as it can, never waiting its retry_after
+        await flooding.send({"type": "ping"})
+    kinds: list[str] = []
+    while True:
+        message = await flooding.comm.receive_output(timeout=TIMEOUT)
+        if message["type"] == "websocket.close":
+            break
+        kinds.append(json.loads(message["text"])["type"])
+    assert message["code"] == 1008
+    # The burst answered, then the 100 refusals in a row a flood gets before the close
+    # (a token refilled meanwhile may answer one more ping and start the count again).
+    assert kinds[:30] == ["pong"] * 30 and kinds[-100:] == ["error"] * 100
+    await still_alive(other_tab)  # the browser's other socket is not touched
+    await other_tab.close()
 
 
 async def test_a_chat_over_the_frame_budget_is_refused_with_its_client_id_and_not_stored(settings):
