@@ -189,16 +189,24 @@ def format_ts(moment: datetime) -> str:
 
 
 class StoredMessage(Protocol):
-    """What a ``chat`` frame shows of a stored message (a ``chat.models.Message``)."""
+    """What a ``chat`` frame shows of a stored message (a ``chat.models.Message``, or a cached one)."""
 
-    pk: Any
-    room_id: str
-    author_id: str
-    username: str
-    verified: bool
-    text: str
-    created_at: datetime
-    client_id: str | None
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def author_id(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def verified(self) -> bool: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def client_id(self) -> str | None: ...
 
 
 def message_data(message: StoredMessage) -> dict[str, Any]:

@@ -6,23 +6,27 @@ from datetime import datetime
 
 from django.db import connection
 
+from chat import newest_page, protocol
 from chat.models import Message, VisitorSettings
+from chat.newest_page import CachedMessage
 
-PAGE_SIZE = 50
-
-
-def latest_messages(*, room: str, limit: int = PAGE_SIZE) -> list[Message]:
-    """Return the newest ``limit`` messages of ``room``, oldest first."""
-    newest = list(Message.objects.filter(room_id=room).order_by("-id")[:limit])
-    newest.reverse()
-    return newest
+# The first render's page: the same as a `history` frame's default.
+PAGE_SIZE = protocol.HISTORY_DEFAULT_LIMIT
 
 
-def messages_before(*, room: str, before: int | None, limit: int) -> tuple[list[Message], bool]:
-    """Return the newest ``limit`` messages with id < ``before``, oldest first, and whether older ones exist."""
-    query = Message.objects.filter(room_id=room).order_by("-id")
-    if before is not None:
-        query = query.filter(id__lt=before)
+def latest_messages(*, room: str, limit: int = PAGE_SIZE) -> list[CachedMessage]:
+    """Return the newest ``limit`` messages of ``room``, oldest first (from the cache: ``newest_page``)."""
+    return newest_page.newest(room=room, limit=limit)[0]
+
+
+def messages_before(*, room: str, before: int | None, limit: int) -> tuple[list[Message] | list[CachedMessage], bool]:
+    """Return the newest ``limit`` messages with id < ``before``, oldest first, and whether older ones exist.
+
+    Without ``before`` (the room's newest page) they come from the cache.
+    """
+    if before is None:
+        return newest_page.newest(room=room, limit=limit)
+    query = Message.objects.filter(room_id=room, id__lt=before).order_by("-id")
     page = list(query[: limit + 1])
     has_more = len(page) > limit
     page = page[:limit]

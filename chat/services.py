@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chat import protocol, selectors, validators
+from chat import newest_page, protocol, selectors, validators
 from chat.identity import Identity, author_id_for, get_session_id, guest_name_for, signed_in
 from chat.models import Message, Room, VisitorSettings
 from chat.realtime import gateway
@@ -253,6 +253,9 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
             prev_ids[room] = selectors.last_message_id(room=room)
         if new:
             Message.objects.bulk_create(new)  # ids drawn in list order
+        if new:
+            rooms = {message.room_id for message in new}
+            transaction.on_commit(lambda: newest_page.changed(rooms))
         for message in new:
             gateway.send_on_commit(
                 MessageStored(
@@ -273,5 +276,8 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
 
 def delete_messages(*, ids: list[int]) -> int:
     """Delete messages by id; return the count. Open pages drop them on reload."""
-    deleted, _ = Message.objects.filter(id__in=ids).delete()
+    with transaction.atomic():
+        rooms = set(Message.objects.filter(id__in=ids).values_list("room_id", flat=True))
+        deleted, _ = Message.objects.filter(id__in=ids).delete()
+        transaction.on_commit(lambda: newest_page.changed(rooms))
     return deleted

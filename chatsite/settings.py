@@ -201,6 +201,20 @@ CHAT_MAX_SOCKETS_PER_IDENTITY = env.int("CHAT_MAX_SOCKETS_PER_IDENTITY", default
 # share one presence frame.
 CHAT_PRESENCE_SETTLE = env.float("CHAT_PRESENCE_SETTLE", default=0.1)
 CHAT_REDIS_PREFIX = env.str("CHAT_REDIS_PREFIX", default="chat")
+# Django's cache holds each room's newest messages (chat/newest_page.py), in
+# Redis with REDIS_URL, shared by every process. The embedded default caches
+# nothing: a management command runs in a process of its own, and a cache in
+# the server's memory would not hear of the messages it deletes.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CHAT_REDIS_PREFIX,
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
 # Bytes the server may hold for a socket whose client does not read (beyond
 # the one frame that crossed the limit) before it drops the connection
 # (chatsite/server.py); 0: no bound. Why 1 MiB: docs/architecture.md.

@@ -60,6 +60,9 @@ def isolated_state(settings) -> Iterator[None]:
     if "prefix" in layers["default"].get("CONFIG", {}):
         layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{run}"
     settings.CHANNEL_LAYERS = layers  # the setting_changed signal resets the layer
+    caches = copy.deepcopy(settings.CACHES)  # the newest pages (chat/newest_page.py): a space of its own
+    caches["default"]["KEY_PREFIX"] = f"chat-test-{run}"
+    settings.CACHES = caches
     # Plain names: the manifest storage needs a collectstatic (Django's advice
     # for tests); the tests of static files collect into a directory of their
     # own (the collected_static fixture).

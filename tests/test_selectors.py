@@ -51,3 +51,24 @@ def test_messages_after(posted_ids):
 def test_last_message_id(posted_ids):
     assert selectors.last_message_id(room="lobby") == posted_ids[-1]
     assert selectors.last_message_id(room="empty") is None
+
+
+@pytest.mark.redis  # the embedded default caches nothing (chatsite/settings.py)
+@pytest.mark.django_db(transaction=True)
+def test_the_newest_page_is_cached_until_the_room_changes(data_queries):
+    ada = Identity(uuid.uuid4(), "a" * 20, "Ada", False)
+    first = [
+        services.post_message(identity=ada, room="cached", text=f"m{n}", client_id=None).message.pk for n in range(3)
+    ]
+    with data_queries() as cold:
+        assert [m.pk for m in selectors.latest_messages(room="cached")] == first
+    with data_queries() as warm:
+        page, has_more = selectors.messages_before(room="cached", before=None, limit=2)
+    assert (cold.count, warm.count) == (1, 0)  # the second read is the cache's
+    assert ([m.pk for m in page], has_more) == (first[1:], True)
+    # A message stored, then one deleted: each is in the next page at once.
+    later = services.post_message(identity=ada, room="cached", text="later", client_id=None).message.pk
+    assert [m.pk for m in selectors.latest_messages(room="cached")] == [*first, later]
+    services.delete_messages(ids=[first[0]])
+    assert [m.pk for m in selectors.latest_messages(room="cached")] == [first[1], first[2], later]
+    assert selectors.messages_before(room="other", before=None, limit=50) == ([], False)
