@@ -133,8 +133,7 @@ class RoomHub:
         # delivering to it and renewing it whatever Redis does.
         await self._leave(tab)
         try:
-            async with tab.renewal:
-                await self.presence.exit(room=tab.room, socket_id=tab.socket_id, author_id=tab.identity.author_id)
+            await self.presence.exit(room=tab.room, socket_id=tab.socket_id, author_id=tab.identity.author_id)
         except Exception as exc:
             # Its presence entry and socket count expire on their own (CHAT_PRESENCE_TTL).
             logger.warning("disconnect cleanup failed room=%s: %s", tab.room, exc.__class__.__name__)
@@ -344,19 +343,17 @@ class RoomHub:
         return count
 
     async def _renew_some(self, room: str, tabs: list[Tab]) -> None:
+        """Renew ``tabs`` of ``room`` in one script; none that closed meanwhile stays in presence.
+
+        A renewal puts back a tab whose entry is gone (it had expired), so a
+        tab whose cleanup ran while the script was on its way would come back
+        as a ghost: those are taken out again.
+        """
         live = [tab for tab in tabs if not tab.closing]
         await self.presence.renew(room=room, tabs=[_renewal(tab) for tab in live])
         for tab in live:
             if tab.closing:
-                # It closed while the script ran, which may have put it back: take it out again.
                 await self.presence.exit(room=room, socket_id=tab.socket_id, author_id=tab.identity.author_id)
-
-    async def renew(self, tab: Tab) -> None:
-        """Keep ``tab`` in presence and in its socket count (put it back if it had expired)."""
-        async with tab.renewal:
-            if tab.closing or not self.has(tab):
-                return  # its cleanup has begun: renewing would bring it back
-            await self.presence.renew(room=tab.room, tabs=[_renewal(tab)])
 
     async def _send_presence(self) -> None:
         """Send each tab that is behind its room's presence, at most once a second."""

@@ -7,7 +7,6 @@ frames up to the welcome's ``last_id`` are skipped (the client fetches
 those with ``resume``), so each message reaches the tab once.
 """
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,7 +34,7 @@ def prepare(frame: str) -> PreparedMessage:
 class Tab:
     """A tab's socket in one room, with its identity and delivery state."""
 
-    __slots__ = ("_send", "closing", "early", "identity", "live_after", "renewal", "room", "socket_id")
+    __slots__ = ("_send", "closing", "early", "identity", "live_after", "room", "socket_id")
 
     def __init__(self, room: str, identity: Identity, send: Send) -> None:
         self.room = room
@@ -48,9 +47,6 @@ class Tab:
         self.live_after = 0
         # Set when the tab's cleanup begins: no renewal may put it back in presence after.
         self.closing = False
-        # Held by a presence renewal and by the cleanup, so a renewal under way
-        # when the socket closes ends before the cleanup removes the entries.
-        self.renewal = asyncio.Lock()
         self._send = send
 
     async def send(self, frame: str, prepared: PreparedMessage | None = None) -> None:
