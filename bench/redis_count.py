@@ -20,9 +20,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -32,19 +30,14 @@ from pathlib import Path
 
 import websockets
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-PY = sys.executable
+from bench.servers import Target, start_project
+
 RPORT = 6397
 D = ""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 procs = []  # everything this script started, stopped at the end
+servers: list[Target] = []
 
 
 def start(cmd, log, **kw):
@@ -62,53 +55,20 @@ def main():
         stderr=subprocess.STDOUT,
     )
     time.sleep(0.5)
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{D}/db.sqlite3",
-        "REDIS_URL": f"redis://127.0.0.1:{RPORT}/0",
-        "DEBUG": "0",
-        "SECRET_KEY": "count-only",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "CHAT_LOG_LEVEL": "WARNING",
-        "CHAT_RATE_BURST": "1000",
-        "CHAT_RATE_PER_SECOND": "1000",
-        "SECURE_SSL_REDIRECT": "0",
-        "SESSION_COOKIE_SECURE": "0",
-        "CSRF_COOKIE_SECURE": "0",
-        "SECURE_HSTS_SECONDS": "0",
-    }
-    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
-    port = free_port()
-    sys.path.insert(0, ROOT)
-    from chatsite.server import DAPHNE_LIMIT_ARGS
-
-    start(
-        [
-            PY,
-            "-m",
-            "chatsite.server",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            *DAPHNE_LIMIT_ARGS,
-            "chatsite.asgi:application",
-        ],
-        D + "/server.log",
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.STDOUT,
+    # The project as the benchmark starts it (production settings, migrated, static files collected).
+    server = start_project(
+        log_dir=Path(D),
+        base_env={
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{D}/db.sqlite3",
+            "REDIS_URL": f"redis://127.0.0.1:{RPORT}/0",
+        },
+        extra_env={"CHAT_RATE_BURST": "1000", "CHAT_RATE_PER_SECOND": "1000"},
     )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
+    servers.append(server)
     start(["redis-cli", "-p", str(RPORT), "monitor"], D + "/monitor.txt")
     time.sleep(0.3)
-    asyncio.run(scenario(base, port))
+    asyncio.run(scenario(server.base, server.port))
     time.sleep(0.3)
 
 
@@ -229,6 +189,8 @@ if __name__ == "__main__":
         main()
         report()
     finally:
+        for server in servers:
+            server.stop()
         for p in reversed(procs):  # only what this script started
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
