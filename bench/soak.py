@@ -67,6 +67,20 @@ class SoakClient:
             await ws.send(json.dumps({"type": "resume", "after": self.last_id}))
         self.ws = ws
 
+    def summary(self, *, connected_at_end: bool) -> dict[str, Any]:
+        """What the run's report keeps of this client."""
+        return {
+            "flaky": self.flaky,
+            "start_id": self.start_id,
+            "seen": sorted(self.seen),
+            "duplicates": self.duplicates,
+            "reconnects": self.reconnects,
+            "sent": self.sent,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "connected_at_end": connected_at_end,
+        }
+
     def receive(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "chat":
@@ -182,20 +196,7 @@ class SoakWorker(Worker):
         await asyncio.gather(*(c.close() for c in clients))
         await asyncio.gather(*living, return_exceptions=True)
         return {
-            "clients": [
-                {
-                    "flaky": c.flaky,
-                    "start_id": c.start_id,
-                    "seen": sorted(c.seen),
-                    "duplicates": c.duplicates,
-                    "reconnects": c.reconnects,
-                    "sent": c.sent,
-                    "skipped": c.skipped,
-                    "errors": c.errors,
-                    "connected_at_end": at_end,
-                }
-                for c, at_end in zip(clients, connected_at_end, strict=True)
-            ]
+            "clients": [c.summary(connected_at_end=at_end) for c, at_end in zip(clients, connected_at_end, strict=True)]
         }
 
 

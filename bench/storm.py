@@ -213,16 +213,8 @@ class StormWorker(Worker):
         at = self.at
         return {
             "clients": [
-                {
-                    "flaky": False,
-                    "start_id": c.start_id,
-                    "seen": sorted(c.seen),
-                    "duplicates": c.duplicates,
-                    "reconnects": c.reconnects,
-                    "sent": c.sent,
-                    "skipped": c.skipped,
-                    "errors": c.errors,
-                    "connected_at_end": connected_at_end[i],
+                c.summary(connected_at_end=connected_at_end[i])
+                | {
                     "down_s": None if c.down_at is None else round(c.down_at - at, 3),
                     "back_s": None if c.back_at is None else round(c.back_at - at, 3),
                     "attempts": c.attempts,
