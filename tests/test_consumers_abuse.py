@@ -213,12 +213,18 @@ async def test_a_chat_flood_over_ten_tabs_is_cut_to_the_token_bucket(default_lim
         await tab.close()
 
 
+async def two_tabs_of_one_browser() -> tuple[Tab, Tab]:
+    """Two open tabs of one new browser, quiet (their presence frames read)."""
+    key = await new_browser()
+    tabs = await open_tab(key), await open_tab(key)
+    for tab in tabs:
+        await tab.quiet()
+    return tabs
+
+
 async def test_a_rename_flood_is_throttled_by_its_own_bucket(default_limits):
     default_limits.CHAT_FRAME_RATE_BURST = 1000  # 51 frames from one socket: not the limit under test
-    key = await new_browser()
-    tab, other_tab = await open_tab(key), await open_tab(key)
-    for t in (tab, other_tab):
-        await t.quiet()
+    tab, other_tab = await two_tabs_of_one_browser()
 
     started = time.monotonic()
     for n in range(50):
@@ -372,10 +378,7 @@ async def test_a_refused_read_can_be_sent_again_after_retry_after(settings):
 
 async def test_a_socket_gets_a_burst_of_30_frames_then_10_a_second(settings):
     assert (settings.CHAT_FRAME_RATE_BURST, settings.CHAT_FRAME_RATE_PER_SECOND) == (30, 10.0)
-    key = await new_browser()
-    tab, other_tab = await open_tab(key), await open_tab(key)
-    for t in (tab, other_tab):
-        await t.quiet()
+    tab, other_tab = await two_tabs_of_one_browser()
 
     started = time.monotonic()
     for _ in range(100):
@@ -395,10 +398,7 @@ async def test_a_socket_gets_a_burst_of_30_frames_then_10_a_second(settings):
 
 async def test_a_socket_that_keeps_sending_past_its_budget_is_closed_with_1008(settings):
     assert settings.CHAT_FRAME_FLOOD_CLOSE == 100
-    key = await new_browser()
-    flooding, other_tab = await open_tab(key), await open_tab(key)
-    for t in (flooding, other_tab):
-        await t.quiet()
+    flooding, other_tab = await two_tabs_of_one_browser()
     for _ in range(200):  # as fast as it can, never waiting its retry_after
         await flooding.send({"type": "ping"})
     kinds: list[str] = []
