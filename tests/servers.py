@@ -74,16 +74,16 @@ def server_environment(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    """Run ``manage.py`` with ``args`` in ``env``; return what it printed."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def run_manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run ``manage.py`` with ``args`` in ``env``; return how it went, failed or not."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run ``manage.py`` with ``args`` in ``env``; return what it printed (raise if it failed)."""
+    done = run_manage(env, *args)
     if done.returncode:
         raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout

@@ -7,15 +7,13 @@ Settings are read once, at start-up, from the environment, so these run
 import json
 import os
 import secrets
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.servers import ROOT, Server
+from tests.servers import Server, run_manage
 
 # Variables of the environment under test; the caller's own are dropped so
 # that a developer's shell cannot change the outcome.
@@ -43,17 +41,6 @@ def production(**overrides: str) -> dict[str, str]:
     return env
 
 
-def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def effective(env: dict[str, str]) -> dict:
     names = [
         "SECURE_SSL_REDIRECT",
@@ -68,27 +55,27 @@ def effective(env: dict[str, str]) -> dict:
     code = "import json; from django.conf import settings; " + (
         f"print(json.dumps({{n: getattr(settings, n) for n in {names}}}))"
     )
-    done = manage(env, "shell", "-c", code)
+    done = run_manage(env, "shell", "-c", code)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_check_deploy_is_clean_with_production_settings():
-    done = manage(production(), "check", "--deploy", "--fail-level", "WARNING")
+    done = run_manage(production(), "check", "--deploy", "--fail-level", "WARNING")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no issues" in done.stdout
 
 
 def test_check_deploy_fails_on_a_weak_setting():
     # The check above is not vacuous: turning a default off is reported.
-    done = manage(production(SECURE_HSTS_SECONDS="0"), "check", "--deploy", "--fail-level", "WARNING")
+    done = run_manage(production(SECURE_HSTS_SECONDS="0"), "check", "--deploy", "--fail-level", "WARNING")
     assert done.returncode != 0 and "security.W004" in done.stderr + done.stdout
 
 
 def test_debug_off_without_secret_key_refuses_to_start():
     env = production()
     del env["SECRET_KEY"]
-    done = manage(env, "check")
+    done = run_manage(env, "check")
     assert done.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in done.stderr
 
