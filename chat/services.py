@@ -38,16 +38,13 @@ def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None
     session_id = get_session_id(session)
     if session_id is None:
         return None
-    author_id = author_id_for(session_id)
     if session.session_key is None:
-        return Identity(session_id, author_id, guest_name_for(author_id), verified)
+        return _identity(session_id, username=None, read_before=False, verified=verified)
     row = VisitorSettings.objects.filter(session_id=session_id).only("username", "read_at").first()
     if row is None:
-        return Identity(session_id, author_id, guest_name_for(author_id), verified)
-    now = timezone.now()
-    if now - row.read_at >= READ_AT_RESOLUTION:
-        VisitorSettings.objects.filter(pk=row.pk).update(read_at=now)
-    return Identity(session_id, author_id, row.username, verified)
+        return _identity(session_id, username=None, read_before=False, verified=verified)
+    read_before = timezone.now() - row.read_at >= READ_AT_RESOLUTION
+    return _identity(session_id, username=row.username, read_before=read_before, verified=verified)
 
 
 def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int | None] | None:
@@ -62,13 +59,23 @@ def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int
     session_id = get_session_id(session)
     if session_id is None:
         return None
-    author_id = author_id_for(session_id)
-    now = timezone.now()
-    facts = selectors.socket_facts(session_id=session_id, room=room, read_since=now - READ_AT_RESOLUTION)
-    if facts.read_before:
-        VisitorSettings.objects.filter(session_id=session_id).update(read_at=now)
-    identity = Identity(session_id, author_id, facts.username or guest_name_for(author_id), signed_in(session))
+    facts = selectors.socket_facts(session_id=session_id, room=room, read_since=timezone.now() - READ_AT_RESOLUTION)
+    identity = _identity(
+        session_id, username=facts.username, read_before=facts.read_before, verified=signed_in(session)
+    )
     return identity, facts.last_id
+
+
+def _identity(session_id: uuid.UUID, *, username: str | None, read_before: bool, verified: bool) -> Identity:
+    """A browser's identity from its settings (``username`` None: it has none, the guest name shows).
+
+    ``read_before``: the settings were last read more than ``READ_AT_RESOLUTION``
+    ago, and are marked read now (for the stale-settings purge).
+    """
+    if read_before:
+        VisitorSettings.objects.filter(session_id=session_id).update(read_at=timezone.now())
+    author_id = author_id_for(session_id)
+    return Identity(session_id, author_id, username or guest_name_for(author_id), verified)
 
 
 def _announce_name(*, session_id: uuid.UUID, old: str, username: str) -> None:
