@@ -52,9 +52,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # Set once the socket's identity is known (and it is handed to the hub).
     tab: Tab | None = None
-    # Whether the last frame was over the socket's frame budget: a flood is
-    # logged once, when it starts, not once per frame.
-    # Frames refused in a row for the socket's frame budget (0: within it).
+    # Frames refused in a row for the socket's frame budget (0: within it): a
+    # flood is logged once, when it starts, and closed past CHAT_FRAME_FLOOD_CLOSE.
     refused_in_a_row = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
