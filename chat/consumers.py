@@ -91,7 +91,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             # One trip to the database thread: the session, its user, the
             # browser's settings and the room's newest message id.
-            found = await database_sync_to_async(services.resolve_socket)(
+            start = await database_sync_to_async(services.resolve_socket)(
                 session_key=session_key(self.scope), room=self.room
             )
         except UNAVAILABLE as exc:
@@ -100,14 +100,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         await self.accept()
-        if found is None:
+        if start is None:
             logger.info("connect closed room=%s: no valid session", self.room)
             await self.close(code=protocol.CLOSE_NO_SESSION)
             return
-        identity, stored_last_id = found
+        identity = start.identity
+        if start.blocked:
+            logger.info("connect closed room=%s author=%s: blocked", self.room, identity.author_id)
+            await self.close(code=protocol.CLOSE_BLOCKED)
+            return
         self.tab = Tab(self.room, identity, self.base_send)
         try:
-            opened = await self.hub.open(self.tab, stored_last_id=stored_last_id)
+            opened = await self.hub.open(self.tab, stored_last_id=start.last_id)
         except UNAVAILABLE as exc:
             logger.warning(
                 "connect closed room=%s: storage or channel layer unavailable (%s)", self.room, exc.__class__.__name__
@@ -173,8 +177,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except UNAVAILABLE:
             await self.send_unavailable(client_id=frame.client_id)
             return
-        if not posted.created:
-            await self.send(text_data=protocol.chat_frame(posted.message))
+        if posted.created:
+            return
+        if posted.message.deleted_at is not None:
+            # A resend of a message staff deleted meanwhile: answered, never shown again.
+            await self.send_error(
+                "invalid_request", "This message was deleted by a moderator.", client_id=frame.client_id
+            )
+            return
+        await self.send(text_data=protocol.chat_frame(posted.message))
 
     async def on_rename(self, frame: protocol.Rename) -> None:
         assert self.tab is not None
@@ -211,13 +222,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not await self.within_rate(action="read", client_id=frame.client_id):
             return
         try:
-            messages, has_more = await database_sync_to_async(selectors.messages_after)(
-                room=self.room, after=frame.after, limit=protocol.RESUME_MAX
-            )
+            resumed = await database_sync_to_async(selectors.resume)(room=self.room, after=frame.after)
         except UNAVAILABLE:
             await self.send_unavailable(client_id=frame.client_id)
             return
-        await self.send(text_data=protocol.history_frame(messages, has_more=has_more))
+        await self.send(
+            text_data=protocol.history_frame(resumed.messages, has_more=resumed.has_more, deleted=resumed.deleted)
+        )
 
     # --- Helpers ------------------------------------------------------------------
 

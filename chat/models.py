@@ -1,10 +1,14 @@
 """What the chat stores: per-browser settings, rooms and messages."""
 
+from typing import Any
+
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from chat import validators
+from chat.identity import author_id_for
 
 
 class VisitorSettings(models.Model):
@@ -14,6 +18,8 @@ class VisitorSettings(models.Model):
     """
 
     session_id = models.UUIDField(unique=True)
+    # The public id of the browser (``identity.author_id_for(session_id)``), kept so staff can search by it.
+    author_id = models.CharField(max_length=32, unique=True)
     username = models.CharField(max_length=validators.USERNAME_MAX_LENGTH)
     read_at = models.DateTimeField(
         default=timezone.now, db_index=True, help_text="Last time these settings were resolved."
@@ -27,6 +33,10 @@ class VisitorSettings(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} ({self.session_id})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.author_id = author_id_for(self.session_id)  # derived, never chosen
+        super().save(*args, **kwargs)
 
 
 class Room(models.Model):
@@ -49,6 +59,13 @@ class Message(models.Model):
     text = models.TextField(max_length=validators.TEXT_MAX_LENGTH)
     client_id = models.CharField(max_length=validators.CLIENT_ID_MAX_LENGTH, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Set when staff delete the message (``chat.moderation``): it is shown nowhere
+    # any more, but its row and id stay, so ids stay gapless for ``resume``
+    # and a resent ``client_id`` cannot store it again.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         constraints = [
@@ -60,7 +77,29 @@ class Message(models.Model):
                 name="chat_message_unique_client_id",
             )
         ]
-        indexes = [models.Index(fields=["room", "id"], name="chat_message_room_id")]
+        indexes = [
+            models.Index(fields=["room", "id"], name="chat_message_room_id"),
+            # The deleted messages of a room, for a `resume` answer's `deleted`.
+            models.Index(
+                fields=["room", "id"], condition=Q(deleted_at__isnull=False), name="chat_message_room_deleted"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.username}: {self.text[:40]}"
+
+
+class Block(models.Model):
+    """A browser staff have blocked (by its public ``author_id``): it cannot open sockets."""
+
+    author_id = models.CharField(max_length=32, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = "blocked browser"
+
+    def __str__(self) -> str:
+        return f"blocked {self.author_id}"

@@ -104,7 +104,7 @@ def changed(rooms: Iterable[str]) -> None:
 
 def _newest_stored(room: str) -> list[CachedMessage]:
     rows = (
-        Message.objects.filter(room_id=room)
+        Message.objects.filter(room_id=room, deleted_at=None)
         .order_by("-id")
         .values_list("id", "room_id", "author_id", "username", "verified", "text", "created_at", "client_id")
     )

@@ -20,6 +20,9 @@ from chat.realtime.people import PeopleDiff, Person
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 100
 RESUME_MAX = 500
+# A `resume` answer's `deleted`: the ids of messages deleted this recently, at most this many.
+RESUME_DELETED_DAYS = 7
+RESUME_DELETED_MAX = 1000
 
 ERROR_CODES = frozenset(
     {
@@ -39,6 +42,8 @@ CLOSE_NO_SESSION = 4401
 CLOSE_BINARY_FRAME = 4003
 # More sockets than CHAT_MAX_SOCKETS_PER_IDENTITY: the client waits and retries.
 CLOSE_TOO_MANY_CONNECTIONS = 4429
+# Staff blocked this browser (contract §5): the client stays closed.
+CLOSE_BLOCKED = 4403
 
 
 class FrameError(Exception):
@@ -228,8 +233,16 @@ def chat_frame(message: StoredMessage) -> str:
     return _encode(message_data(message))
 
 
-def history_frame(messages: Iterable[StoredMessage], *, has_more: bool) -> str:
-    return _encode({"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more})
+def history_frame(messages: Iterable[StoredMessage], *, has_more: bool, deleted: list[int] | None = None) -> str:
+    """The answer to `history`, or to `resume` (which also names the ``deleted`` ids up to its `after`)."""
+    frame: dict[str, Any] = {"type": "history", "messages": [message_data(m) for m in messages], "has_more": has_more}
+    if deleted is not None:
+        frame["deleted"] = deleted
+    return _encode(frame)
+
+
+def deleted_frame(*, room: str, ids: list[int]) -> str:
+    return _encode({"type": "deleted", "room": room, "ids": ids})
 
 
 def welcome_frame(*, room: str, username: str, author_id: str, verified: bool, last_id: int | None) -> str:

@@ -1,4 +1,4 @@
-"""Writes: resolve a visitor, rename, post a message, delete and purge.
+"""Writes: resolve a visitor, rename, post a message, purge (moderation: ``chat.moderation``).
 
 Every service validates with ``chat.validators`` before it writes, uses the
 database's own guarantees (unique constraints, upserts, row locks) instead of
@@ -38,20 +38,31 @@ def resolve_identity(*, session: SessionBase, verified: bool) -> Identity | None
     session_id = get_session_id(session)
     if session_id is None:
         return None
+    author_id = author_id_for(session_id)
     if session.session_key is None:
-        return _identity(session_id, username=None, read_before=False, verified=verified)
+        return _identity(session_id, author_id, username=None, read_before=False, verified=verified)
     row = VisitorSettings.objects.filter(session_id=session_id).only("username", "read_at").first()
     if row is None:
-        return _identity(session_id, username=None, read_before=False, verified=verified)
+        return _identity(session_id, author_id, username=None, read_before=False, verified=verified)
     read_before = timezone.now() - row.read_at >= READ_AT_RESOLUTION
-    return _identity(session_id, username=row.username, read_before=read_before, verified=verified)
+    return _identity(session_id, author_id, username=row.username, read_before=read_before, verified=verified)
 
 
-def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int | None] | None:
-    """Return a connecting socket's identity and ``room``'s newest message id; None without a valid session.
+@dataclass(frozen=True)
+class SocketStart:
+    """What a connecting socket needs: its identity, whether staff blocked it, and the room's newest id."""
 
-    Two queries for a guest (the session; the settings with the newest id),
-    one more for a signed-in user, and the once-a-day ``read_at`` update.
+    identity: Identity
+    blocked: bool
+    last_id: int | None
+
+
+def resolve_socket(*, session_key: str | None, room: str) -> SocketStart | None:
+    """Return what a connecting socket needs to know; None without a valid session.
+
+    Two queries for a guest (the session; the settings with the block and
+    the newest id), one more for a signed-in user, and the once-a-day
+    ``read_at`` update.
     """
     if not session_key:
         return None
@@ -59,14 +70,19 @@ def resolve_socket(*, session_key: str | None, room: str) -> tuple[Identity, int
     session_id = get_session_id(session)
     if session_id is None:
         return None
-    facts = selectors.socket_facts(session_id=session_id, room=room, read_since=timezone.now() - READ_AT_RESOLUTION)
-    identity = _identity(
-        session_id, username=facts.username, read_before=facts.read_before, verified=signed_in(session)
+    author_id = author_id_for(session_id)
+    facts = selectors.socket_facts(
+        session_id=session_id, author_id=author_id, room=room, read_since=timezone.now() - READ_AT_RESOLUTION
     )
-    return identity, facts.last_id
+    identity = _identity(
+        session_id, author_id, username=facts.username, read_before=facts.read_before, verified=signed_in(session)
+    )
+    return SocketStart(identity, facts.blocked, facts.last_id)
 
 
-def _identity(session_id: uuid.UUID, *, username: str | None, read_before: bool, verified: bool) -> Identity:
+def _identity(
+    session_id: uuid.UUID, author_id: str, *, username: str | None, read_before: bool, verified: bool
+) -> Identity:
     """A browser's identity from its settings (``username`` None: it has none, the guest name shows).
 
     ``read_before``: the settings were last read more than ``READ_AT_RESOLUTION``
@@ -74,7 +90,6 @@ def _identity(session_id: uuid.UUID, *, username: str | None, read_before: bool,
     """
     if read_before:
         VisitorSettings.objects.filter(session_id=session_id).update(read_at=timezone.now())
-    author_id = author_id_for(session_id)
     return Identity(session_id, author_id, username or guest_name_for(author_id), verified)
 
 
@@ -94,7 +109,16 @@ def rename_visitor(*, session_id: uuid.UUID, username: str, previous: str) -> st
     now = timezone.now()
     with transaction.atomic():
         VisitorSettings.objects.bulk_create(
-            [VisitorSettings(session_id=session_id, username=username, read_at=now, created_at=now, updated_at=now)],
+            [
+                VisitorSettings(
+                    session_id=session_id,
+                    author_id=author_id_for(session_id),
+                    username=username,
+                    read_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ],
             update_conflicts=True,
             unique_fields=["session_id"],
             update_fields=["username", "read_at", "updated_at"],
@@ -279,12 +303,3 @@ def _store(posts: list[Post], stored: dict[tuple[str, str], Message]) -> list[Po
         else Posted(stored.get(result) or firsts[result], created=False)
         for result in results
     ]
-
-
-def delete_messages(*, ids: list[int]) -> int:
-    """Delete messages by id; return the count. Open pages drop them on reload."""
-    with transaction.atomic():
-        rooms = set(Message.objects.filter(id__in=ids).values_list("room_id", flat=True))
-        deleted, _ = Message.objects.filter(id__in=ids).delete()
-        transaction.on_commit(lambda: newest_page.changed(rooms))
-    return deleted

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from chat import services
 from chat.identity import Identity
-from chat.models import Message, VisitorSettings
+from chat.models import Block, Message, VisitorSettings
 from tests.conftest import make_session
 from tests.tabs import open_tab
 
@@ -76,12 +76,17 @@ def changes(row: VisitorSettings, message: Message) -> list[tuple[str, dict]]:
         ("/admin/chat/visitorsettings/add/", {"session_id": str(uuid.uuid4()), "username": "Planted"}),
         (f"/admin/chat/message/{message.pk}/delete/", {"post": "yes"}),
         ("/admin/chat/message/", {"action": "delete_selected", "_selected_action": [message.pk], "post": "yes"}),
+        ("/admin/chat/message/", {"action": "delete_everything_written", "_selected_action": [message.pk]}),
+        ("/admin/chat/message/", {"action": "block_writers", "_selected_action": [message.pk]}),
+        ("/admin/chat/visitorsettings/", {"action": "block", "_selected_action": [row.pk]}),
+        ("/admin/chat/visitorsettings/", {"action": "delete_everything_written", "_selected_action": [row.pk]}),
     ]
 
 
 def assert_unchanged(row: VisitorSettings, message: Message) -> None:
     assert list(VisitorSettings.objects.values_list("pk", "username")) == [(row.pk, "Ada")]
-    assert list(Message.objects.values_list("pk", "text")) == [(message.pk, "hello")]
+    assert list(Message.objects.values_list("pk", "text", "deleted_at")) == [(message.pk, "hello", None)]
+    assert not Block.objects.exists()
 
 
 def test_outsiders_cannot_post_changes(outsider, row, message):
@@ -205,4 +210,4 @@ def test_messages_search_and_delete(staff_client):
     staff_client.post(
         "/admin/chat/message/", {"action": "delete_selected", "_selected_action": [drop.pk], "post": "yes"}
     )
-    assert list(Message.objects.values_list("pk", flat=True)) == [keep.pk]
+    assert list(Message.objects.filter(deleted_at=None).values_list("pk", flat=True)) == [keep.pk]

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from chat import selectors, services
+from chat import moderation, selectors, services
 from chat.identity import Identity, author_id_for
 
 pytestmark = pytest.mark.django_db
@@ -55,7 +55,7 @@ def test_last_message_id(posted_ids):
 
 @pytest.mark.redis  # the embedded default caches nothing (chatsite/settings.py)
 @pytest.mark.django_db(transaction=True)
-def test_the_newest_page_is_cached_until_the_room_changes(data_queries):
+def test_the_newest_page_is_cached_until_the_room_changes(data_queries, admin_user):
     ada = Identity(uuid.uuid4(), "a" * 20, "Ada", False)
     first = [
         services.post_message(identity=ada, room="cached", text=f"m{n}", client_id=None).message.pk for n in range(3)
@@ -69,6 +69,6 @@ def test_the_newest_page_is_cached_until_the_room_changes(data_queries):
     # A message stored, then one deleted: each is in the next page at once.
     later = services.post_message(identity=ada, room="cached", text="later", client_id=None).message.pk
     assert [m.pk for m in selectors.latest_messages(room="cached")] == [*first, later]
-    services.delete_messages(ids=[first[0]])
+    moderation.delete_messages(ids=[first[0]], by=admin_user, via="test")
     assert [m.pk for m in selectors.latest_messages(room="cached")] == [first[1], first[2], later]
     assert selectors.messages_before(room="other", before=None, limit=50) == ([], False)

@@ -287,10 +287,3 @@ def test_invalid_messages_store_nothing(text, room):
     with pytest.raises(ValidationError):
         services.post_message(identity=identity(), room=room, text=text, client_id=None)
     assert list(Message.objects.values_list("text", flat=True)) == ["kept"]
-
-
-def test_delete_messages():
-    ada = identity()
-    ids = [services.post_message(identity=ada, room="lobby", text=str(n), client_id=None).message.pk for n in range(3)]
-    assert services.delete_messages(ids=ids[:2]) == 2
-    assert list(Message.objects.values_list("text", flat=True)) == ["2"]

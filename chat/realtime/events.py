@@ -58,6 +58,22 @@ class VisitorSignedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class MessagesDeleted:
+    """Staff deleted messages of a room; ``frame`` is its ``deleted`` frame."""
+
+    room: str
+    ids: list[int]
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorBlocked:
+    """Staff blocked a browser: its sockets close with 4403."""
+
+    author_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoomRenameShown:
     """The ``renamed`` frame for one room, after one of its tabs claimed the rename."""
 
@@ -65,14 +81,16 @@ class RoomRenameShown:
     frame: str
 
 
-Event = MessageStored | VisitorRenamed | VisitorSignedOut | RoomRenameShown
+Event = MessageStored | MessagesDeleted | VisitorRenamed | VisitorSignedOut | VisitorBlocked | RoomRenameShown
 
 # The channel layer's "type" of each event (a dict key, so no dots: the
 # layer's own handlers are not involved, the hub reads the channel itself).
 _TYPES: dict[type[Any], str] = {
     MessageStored: "chat.message_stored",
+    MessagesDeleted: "chat.messages_deleted",
     VisitorRenamed: "chat.visitor_renamed",
     VisitorSignedOut: "chat.visitor_signed_out",
+    VisitorBlocked: "chat.visitor_blocked",
     RoomRenameShown: "chat.room_rename_shown",
 }
 _CLASSES = {name: cls for cls, name in _TYPES.items()}
@@ -80,7 +98,7 @@ _CLASSES = {name: cls for cls, name in _TYPES.items()}
 
 def group_of(event: Event) -> str:
     """Return the group ``event`` is sent to."""
-    if isinstance(event, VisitorRenamed | VisitorSignedOut):
+    if isinstance(event, VisitorRenamed | VisitorSignedOut | VisitorBlocked):
         return IDENTITY_GROUP
     return room_group(event.room)
 

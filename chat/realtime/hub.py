@@ -26,16 +26,19 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from chat import protocol
+from chat import protocol, selectors
 from chat.realtime import gateway
 from chat.realtime.events import (
     IDENTITY_GROUP,
     Event,
+    MessagesDeleted,
     MessageStored,
     RoomRenameShown,
+    VisitorBlocked,
     VisitorRenamed,
     VisitorSignedOut,
     from_message,
@@ -242,6 +245,8 @@ class RoomHub:
         match event:
             case MessageStored(room=room) if room in self.feeds:
                 await self.feeds[room].stream.on_message(event)
+            case MessagesDeleted(room=room) if room in self.feeds:
+                await self.feeds[room].stream.on_deleted(event)
             case RoomRenameShown(room=room, frame=frame) if room in self.feeds:
                 await self._broadcast(room, frame)
             case VisitorRenamed():
@@ -250,6 +255,13 @@ class RoomHub:
                 for tab in list(self.authors.get(author_id, ())):
                     if tab.identity.verified:
                         await tab.close(protocol.CLOSE_NO_SESSION)
+            case VisitorBlocked(author_id=author_id):
+                await self._close_blocked({author_id})
+
+    async def _close_blocked(self, author_ids: set[str]) -> None:
+        for author_id in author_ids:
+            for tab in list(self.authors.get(author_id, ())):
+                await tab.close(protocol.CLOSE_BLOCKED)
 
     async def _broadcast(self, room: str, frame: str, message_id: int | None = None) -> None:
         feed = self.feeds.get(room)
@@ -262,7 +274,7 @@ class RoomHub:
                 logger.exception("delivery failed room=%s", room)
 
     def _broadcaster(self, room: str) -> Broadcast:
-        async def broadcast(frame: str, message_id: int) -> None:
+        async def broadcast(frame: str, message_id: int | None) -> None:
             await self._broadcast(room, frame, message_id)
 
         return broadcast
@@ -294,7 +306,11 @@ class RoomHub:
             logger.warning("rename announcement failed room=%s: %s", room, exc.__class__.__name__)
 
     async def _layer_back(self) -> None:
-        """The layer delivers again: rejoin its groups, catch every room up, put every tab back in presence."""
+        """The layer delivers again: rejoin its groups, catch every room up, put every tab back in presence.
+
+        Browser events are not in the database's order of messages: a block
+        sent meanwhile is looked up instead, and its tabs closed.
+        """
         # A layer that keeps groups in Redis (the core layer) lost them in a
         # restart; joining again is harmless for the pub/sub layer.
         assert self._channel is not None
@@ -305,6 +321,10 @@ class RoomHub:
                 logger.warning("room hub cannot rejoin group=%s: %s", group, exc.__class__.__name__)
         for feed in list(self.feeds.values()):
             feed.stream.catch_up()
+        try:
+            await self._close_blocked(await database_sync_to_async(selectors.blocked_among)(list(self.authors)))
+        except Exception as exc:
+            logger.warning("room hub cannot look up blocks: %s", exc.__class__.__name__)
         await self._renew_all()
 
     # --- Presence ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from channels.db import database_sync_to_async
 
 from chat import protocol, selectors
-from chat.realtime.events import MessageStored
+from chat.realtime.events import MessagesDeleted, MessageStored
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ REORDER_WAIT = 0.25
 # How long a stream whose database read failed waits before reading again.
 RETRY_WAIT = 1.0
 
-# Send a chat frame (with its message id) to every tab of the room here.
-Broadcast = Callable[[str, int], Awaitable[None]]
+# Send a frame to every tab of the room here (with its message id, for a chat frame).
+Broadcast = Callable[[str, int | None], Awaitable[None]]
 
 
 class MessageStream:
@@ -70,6 +70,18 @@ class MessageStream:
                 return
             await self._deliver(event.message_id, event.frame)
             await self._release_held()
+
+    async def on_deleted(self, event: MessagesDeleted) -> None:
+        """Send the room's ``deleted`` frame; a held message it names is never delivered.
+
+        In the stream's order: a message being delivered (a catch-up, say)
+        reaches the tabs before the frame that takes it away, and a read
+        from the database after the deletion does not find it.
+        """
+        async with self._lock:
+            for message_id in event.ids:
+                self._held.pop(message_id, None)
+            await self._broadcast(event.frame, None)
 
     def catch_up(self) -> None:
         """Read from the database whatever this stream missed (after a layer outage)."""

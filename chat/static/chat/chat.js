@@ -90,6 +90,14 @@ function addMessage(m) {
   }
 }
 
+// Take messages staff deleted off the page; they are never shown again.
+function removeMessages(ids) {
+  for (const id of ids) {
+    state.known.add(id);
+    els.messages.querySelector(`[data-testid=message][data-message-id="${id}"]`)?.remove();
+  }
+}
+
 function firstPending() {
   return els.messages.querySelector("[data-testid=message-pending]");
 }
@@ -137,6 +145,8 @@ const render = {
       els.older.hidden = !frame.has_more;
       els.older.disabled = false;
     } else {
+      // A `resume` answer: also what staff deleted while this tab was away.
+      removeMessages(frame.deleted ?? []);
       const stick = nearBottom();
       frame.messages.forEach(addMessage);
       if (stick) scrollToBottom();
@@ -145,6 +155,9 @@ const render = {
       if (frame.has_more) request("resume", { after: frame.messages[frame.messages.length - 1].id });
       else resendPending();
     }
+  },
+  deleted(frame) {
+    removeMessages(frame.ids);
   },
   identity(frame) {
     applyName(frame.username);
@@ -303,6 +316,13 @@ function connect() {
       // No valid session: the page view creates one.
       setStatus("reloading");
       location.reload();
+      return;
+    }
+    if (event.code === 4403) {
+      // Staff blocked this browser: it stays closed (a reload shows it again).
+      setStatus("blocked");
+      els.input.disabled = true;
+      $("send").disabled = true;
       return;
     }
     if (event.code === 4429) {
