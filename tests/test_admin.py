@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
-from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import User
+from django.contrib.admin.models import ADDITION, DELETION, LogEntry
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from chat import services
@@ -211,3 +211,97 @@ def test_messages_search_and_delete(staff_client):
         "/admin/chat/message/", {"action": "delete_selected", "_selected_action": [drop.pk], "post": "yes"}
     )
     assert list(Message.objects.filter(deleted_at=None).values_list("pk", flat=True)) == [keep.pk]
+
+
+# --- Moderation (contract §5) ------------------------------------------------------
+
+
+def test_search_settings_and_messages_by_author_id(staff_client, row, message):
+    listing = staff_client.get(f"/admin/chat/visitorsettings/?q={row.author_id}").content.decode()
+    assert "Ada" in listing and row.author_id in listing
+    assert ">Ada<" not in staff_client.get("/admin/chat/visitorsettings/?q=" + "0" * 20).content.decode()
+    assert "hello" in staff_client.get(f"/admin/chat/message/?q={message.author_id}").content.decode()
+
+
+def test_the_delete_view_hides_the_message_and_records_it_once(staff_client, message):
+    response = staff_client.post(f"/admin/chat/message/{message.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    row = Message.objects.get(pk=message.pk)
+    assert row.deleted_at is not None and row.deleted_by.username == "admin"
+    assert list(LogEntry.objects.values_list("object_id", "action_flag", "change_message")) == [
+        (str(message.pk), DELETION, "Deleted (admin).")
+    ]
+    assert "hello" not in staff_client.get("/chat/lobby/").content.decode()
+    # Staff still see it, marked, and can list what was deleted.
+    assert "hello" in staff_client.get("/admin/chat/message/?deleted=yes").content.decode()
+    assert "hello" not in staff_client.get("/admin/chat/message/?deleted=no").content.decode()
+
+
+def test_delete_everything_a_browser_wrote_from_the_message_list_and_the_settings_row(staff_client, row):
+    troll = Identity(row.session_id, row.author_id, "Ada", False)
+    other = Identity(uuid.uuid4(), "b" * 20, "Bo", False)
+    lobby = [
+        services.post_message(identity=troll, room="lobby", text=f"x{n}", client_id=None).message for n in range(3)
+    ]
+    elsewhere = services.post_message(identity=troll, room="other", text="y", client_id=None).message
+    kept = services.post_message(identity=other, room="lobby", text="fine", client_id=None).message
+
+    response = staff_client.post(
+        "/admin/chat/message/", {"action": "delete_everything_written", "_selected_action": [lobby[0].pk]}, follow=True
+    )
+    assert "Deleted 3 message(s) (rooms: lobby)." in response.content.decode()
+
+    def shown() -> set[int]:
+        return set(Message.objects.filter(deleted_at=None).values_list("pk", flat=True))
+
+    assert shown() == {elsewhere.pk, kept.pk}
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/",
+        {"action": "delete_everything_written", "_selected_action": [row.pk]},
+        follow=True,
+    )
+    assert "Deleted 1 message(s) (rooms: other)." in response.content.decode()
+    assert shown() == {kept.pk}
+
+
+def test_block_and_unblock_from_the_settings_row_the_message_list_and_the_block_list(staff_client, row, message):
+    response = staff_client.post(
+        "/admin/chat/visitorsettings/", {"action": "block", "_selected_action": [row.pk]}, follow=True
+    )
+    assert "Blocked 1 browser(s); 0 already were." in response.content.decode()
+    assert list(Block.objects.values_list("author_id", "created_by__username")) == [(row.author_id, "admin")]
+    assert ">Ada<" in staff_client.get("/admin/chat/visitorsettings/?blocked=yes").content.decode()
+    assert ">Ada<" not in staff_client.get("/admin/chat/visitorsettings/?blocked=no").content.decode()
+
+    staff_client.post("/admin/chat/visitorsettings/", {"action": "unblock", "_selected_action": [row.pk]})
+    assert not Block.objects.exists()
+
+    # A guest with no settings row: blocked from one of its messages.
+    staff_client.post("/admin/chat/message/", {"action": "block_writers", "_selected_action": [message.pk]})
+    block = Block.objects.get()
+    assert block.author_id == message.author_id
+    # The list of blocks: deleting one unblocks it (recorded once, as an unblock).
+    assert message.author_id in staff_client.get("/admin/chat/block/").content.decode()
+    staff_client.post(f"/admin/chat/block/{block.pk}/delete/", {"post": "yes"})
+    assert not Block.objects.exists()
+    flags = list(LogEntry.objects.order_by("pk").values_list("action_flag", "change_message"))
+    assert flags == [
+        (ADDITION, "Blocked (admin)."),
+        (DELETION, "Unblocked (admin)."),
+        (ADDITION, "Blocked (admin)."),
+        (DELETION, "Unblocked (admin)."),
+    ]
+    assert staff_client.get("/admin/chat/block/add/").status_code == 403
+
+
+def test_moderation_actions_need_their_permissions(client, row, message):
+    """Staff who may only view cannot delete or block."""
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_message", "view_visitorsettings"]))
+    client.login(username="viewer", password="pw")
+    assert client.get("/admin/chat/message/").status_code == 200
+    actions = client.get("/admin/chat/message/").content.decode()
+    assert "delete_everything_written" not in actions and "block_writers" not in actions
+    for url, data in changes(row, message):
+        client.post(url, data)
+    assert_unchanged(row, message)
