@@ -400,10 +400,8 @@ def test_a_tab_over_the_socket_cap_says_so_and_waits_before_retrying(chromium, s
 # 7. Staff ----------------------------------------------------------------------------
 
 
-def test_a_name_edited_in_the_admin_changes_live_in_the_visitors_tab(new_browser, server_env):
-    visitor = open_room(new_browser())
-    rename(visitor, "Vera Visitor")
-
+def signed_in_staff(new_browser: Callable[..., BrowserContext], server_env: dict[str, str], path: str) -> Page:
+    """A staff member's browser, signed in to the admin at ``path``."""
     manage(
         {**server_env, "DJANGO_SUPERUSER_PASSWORD": "staff-pass-123"},
         "createsuperuser",
@@ -413,11 +411,19 @@ def test_a_name_edited_in_the_admin_changes_live_in_the_visitors_tab(new_browser
         "--email",
         "staff@example.com",
     )
-    staff = new_browser().new_page()
-    staff.goto("/admin/login/?next=/admin/chat/visitorsettings/")
+    staff = new_browser(viewport={"width": 1280, "height": 720}).new_page()
+    staff.goto(f"/admin/login/?next={path}")
     staff.fill("#id_username", "staff")
     staff.fill("#id_password", "staff-pass-123")
     staff.click("input[type=submit]")
+    return staff
+
+
+def test_a_name_edited_in_the_admin_changes_live_in_the_visitors_tab(new_browser, server_env):
+    visitor = open_room(new_browser())
+    rename(visitor, "Vera Visitor")
+
+    staff = signed_in_staff(new_browser, server_env, "/admin/chat/visitorsettings/")
     staff.fill("#searchbar", "Vera Visitor")
     staff.keyboard.press("Enter")
     staff.locator("#result_list a", has_text="Vera Visitor").click()
@@ -427,6 +433,71 @@ def test_a_name_edited_in_the_admin_changes_live_in_the_visitors_tab(new_browser
 
     expect(name_field(visitor)).to_have_value("Vera (edited by staff)")
     expect(people(visitor)).to_have_text(["Vera (edited by staff)"])
+
+
+def test_a_message_deleted_in_the_admin_disappears_from_two_tabs_and_stays_gone(new_browser, server_env):
+    ada, bo = new_browser(), new_browser()
+    writer, reader, second_tab = open_room(ada), open_room(bo), open_room(bo)
+    rename(writer, "Spammer")
+    for text in ("buy cheap pills", "a fair question"):
+        say(writer, text)
+    for page in (writer, reader, second_tab):
+        expect(page.get_by_test_id("message-text")).to_have_text(["buy cheap pills", "a fair question"])
+
+    staff = signed_in_staff(new_browser, server_env, "/admin/chat/message/")
+    staff.fill("#searchbar", "pills")
+    staff.keyboard.press("Enter")
+    staff.locator("#result_list input.action-select").first.check()
+    staff.select_option("select[name=action]", "delete_selected")
+    screenshot(staff, "admin-delete-selected")
+    staff.click("button[name=index]")
+    staff.click("input[type=submit]")  # "Yes, I'm sure"
+    expect(staff.locator(".messagelist")).to_contain_text("Deleted 1 message(s) (rooms: lobby).")
+
+    for page in (writer, reader, second_tab):
+        expect(page.get_by_test_id("message-text")).to_have_text(["a fair question"], timeout=1_000)
+    reader.reload()
+    expect(reader.get_by_test_id("message-text")).to_have_text(["a fair question"])
+    staff.goto("/admin/chat/message/?deleted=yes")
+    expect(staff.locator("#result_list tbody tr")).to_have_count(1)
+    screenshot(staff, "admin-deleted-messages")
+
+
+def test_a_blocked_browser_is_told_so_and_does_not_reconnect(new_browser, server_env):
+    troll_browser = new_browser()
+    troll = open_room(troll_browser)
+    rename(troll, "Troll")
+    bystander = open_room(new_browser())
+    sockets: list = []
+    troll.on("websocket", lambda socket: sockets.append(socket))
+
+    staff = signed_in_staff(new_browser, server_env, "/admin/chat/visitorsettings/")
+    staff.locator("#result_list tr", has_text="Troll").locator("input.action-select").check()
+    staff.select_option("select[name=action]", "block")
+    screenshot(staff, "admin-block")
+    staff.click("button[name=index]")
+    expect(staff.locator(".messagelist")).to_contain_text("Blocked 1 browser(s)")
+
+    expect(status(troll)).to_have_text("blocked", timeout=1_000)
+    expect(troll.locator(".notice")).to_have_text(["A moderator has blocked this browser: you cannot chat here."])
+    expect(troll.get_by_test_id("send-button")).to_be_disabled()
+    troll.wait_for_timeout(3_000)
+    assert sockets == []  # no reconnect loop
+    expect(status(troll)).to_have_text("blocked")
+    expect(status(bystander)).to_have_text("connected")
+    # A reload opens one socket, which is closed again: still blocked, still no loop.
+    troll.reload()
+    expect(status(troll)).to_have_text("blocked")
+    troll.wait_for_timeout(2_000)
+    assert len(sockets) == 1
+    screenshot(troll, "blocked-page")
+
+    staff.goto("/admin/chat/visitorsettings/?blocked=yes")
+    staff.locator("#result_list tr", has_text="Troll").locator("input.action-select").check()
+    staff.select_option("select[name=action]", "unblock")
+    staff.click("button[name=index]")
+    troll.reload()
+    expect(status(troll)).to_have_text("connected")
 
 
 # 8. Long history ---------------------------------------------------------------------

@@ -321,6 +321,7 @@ function connect() {
     if (event.code === 4403) {
       // Staff blocked this browser: it stays closed (a reload shows it again).
       setStatus("blocked");
+      addNotice("A moderator has blocked this browser: you cannot chat here.");
       els.input.disabled = true;
       $("send").disabled = true;
       return;
