@@ -5,9 +5,12 @@ import json
 import uuid
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
+from chat import protocol
 from chat.identity import Identity
+from chat.models import Block
 from chat.realtime import gateway
 from chat.realtime.events import RoomRenameShown, room_group
 from chat.realtime.hub import RoomHub
@@ -152,3 +155,27 @@ async def test_a_tab_over_its_identitys_cap_is_refused_and_not_kept(settings):
     assert not await hub.open(over, stored_last_id=None)
     assert socket.frames == [] and not hub.has(over)
     await hub.close(first)
+
+
+class ClosableSocket(Socket):
+    """A socket that also records the code it was closed with."""
+
+    closed: int | None = None
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "websocket.close":
+            self.closed = message["code"]
+        else:
+            await super().send(message)
+
+
+async def test_a_block_sent_while_the_layer_was_down_closes_the_tabs_when_it_is_back():
+    """Browser events are not replayed after an outage: the hub looks the blocks up instead."""
+    hub, blocked, fine = RoomHub(get_channel_layer()), ClosableSocket(), ClosableSocket()
+    blocked_tab, fine_tab = await opened(hub, "lobby", blocked), await opened(hub, "lobby", fine, name="Bo")
+    # The block committed, but its event never reached this process.
+    await database_sync_to_async(Block.objects.create)(author_id=blocked_tab.identity.author_id)
+    await hub._layer_back()
+    assert (blocked.closed, fine.closed) == (protocol.CLOSE_BLOCKED, None)
+    for tab in (blocked_tab, fine_tab):
+        await hub.close(tab)

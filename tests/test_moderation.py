@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat import moderation, protocol, selectors, services
 from chat.identity import Identity, author_id_for
-from chat.models import Block, Message, Room
+from chat.models import Block, Message, Room, VisitorSettings
 from chat.realtime import gateway
 from chat.realtime.events import MessagesDeleted, VisitorBlocked
 from tests.conftest import make_session
@@ -309,10 +309,26 @@ async def test_the_admin_acts_live_in_the_server_process():
         User.objects.create_superuser("boss", "boss@example.com", "pw")
         browser = Client()
         browser.login(username="boss", password="pw")
-        row = services.VisitorSettings.objects.get(username="Troll")
+        row = VisitorSettings.objects.get(username="Troll")
         return browser.post(
             "/admin/chat/visitorsettings/", {"action": "block", "_selected_action": [row.pk]}
         ).status_code
 
     assert await database_sync_to_async(block_in_the_admin)() == 302
     assert await closed_code(tab) == 4403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_settings_rows_their_author_id():
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("chat", "0001_initial")])
+    old_apps = executor.loader.project_state([("chat", "0001_initial")]).apps
+    session_id = uuid.uuid4()
+    old_apps.get_model("chat", "VisitorSettings").objects.create(session_id=session_id, username="Old timer")
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    row = VisitorSettings.objects.get(session_id=session_id)
+    assert row.author_id == author_id_for(session_id)

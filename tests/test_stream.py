@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 
 from chat import services
 from chat.identity import Identity
-from chat.realtime.events import MessageStored
+from chat.realtime.events import MessagesDeleted, MessageStored
 from chat.realtime.stream import REORDER_WAIT, MessageStream
 
 ADA = Identity(uuid.uuid4(), "a" * 20, "Ada", False)
@@ -94,4 +94,22 @@ async def test_catch_up_delivers_what_was_stored_while_the_layer_was_away():
     await until(lambda: len(room.ids) == 3)
     await stream.on_message(event(missed[-1], missed[-2]))  # a late copy changes nothing
     assert room.ids == missed
+    stream.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_message_deleted_while_it_waited_for_its_predecessor_is_never_delivered():
+    frames: list[str] = []
+
+    async def broadcast(frame: str, message_id: int | None) -> None:
+        frames.append(frame)
+
+    stream = MessageStream("lobby", broadcast)
+    stream.start_from(10)
+    await stream.on_message(event(12, 11))  # waits for 11
+    deleted = json.dumps({"type": "deleted", "room": "lobby", "ids": [12]})
+    await stream.on_deleted(MessagesDeleted("lobby", [12], deleted))
+    await stream.on_message(event(11, 10))
+    await asyncio.sleep(REORDER_WAIT * 2)
+    assert [json.loads(frame) for frame in frames] == [json.loads(deleted), {"type": "chat", "id": 11}]
     stream.stop()
