@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 
 from chat import ratelimit
 from chat.identity import ensure_session_id
-from chat.realtime import presence_store
+from chat.realtime import gateway, presence_store
 from chat.sessions import SessionStore
 from tests.servers import NGINX, Server, manage, server_environment
 
@@ -96,6 +96,21 @@ def make_session(*, user=None) -> SessionStore:
         session["_auth_user_hash"] = user.get_session_auth_hash()
     session.save()
     return session
+
+
+def collected_events(capture_on_commit, action):
+    """Run a service as the socket side does (``gateway.run_service``); return its result and the events it queued.
+
+    ``capture_on_commit`` is pytest-django's ``django_capture_on_commit_callbacks``.
+    """
+    sent: list = []
+    token = gateway._outbox.set(sent)
+    try:
+        with capture_on_commit(execute=True):
+            result = action()
+    finally:
+        gateway._outbox.reset(token)
+    return result, sent
 
 
 @pytest.fixture

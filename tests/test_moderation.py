@@ -16,9 +16,8 @@ from django.utils import timezone
 from chat import moderation, protocol, selectors, services
 from chat.identity import Identity, author_id_for
 from chat.models import Block, Message, Room, VisitorSettings
-from chat.realtime import gateway
 from chat.realtime.events import MessagesDeleted, VisitorBlocked
-from tests.conftest import make_session
+from tests.conftest import collected_events, make_session
 from tests.tabs import TIMEOUT, Tab, new_browser, open_tab
 
 pytestmark = pytest.mark.django_db
@@ -36,18 +35,6 @@ def identity(name: str = "Ada") -> Identity:
 
 def post(who: Identity, text: str, room: str = "lobby", client_id: str | None = None) -> int:
     return services.post_message(identity=who, room=room, text=text, client_id=client_id).message.pk
-
-
-def events_of(capture_on_commit, action):
-    """Run a moderation service as the socket side does; return its result and the events it published."""
-    sent: list = []
-    token = gateway._outbox.set(sent)
-    try:
-        with capture_on_commit(execute=True):
-            result = action()
-    finally:
-        gateway._outbox.reset(token)
-    return result, sent
 
 
 # --- Deleting messages -------------------------------------------------------------
@@ -95,7 +82,7 @@ def test_a_delete_of_1000_messages_is_one_statement_one_history_insert_and_one_e
     ids = list(Message.objects.values_list("pk", flat=True))
     ContentType.objects.get_for_model(Message)  # cached once per process
     with data_queries() as queries:
-        deleted, sent = events_of(
+        deleted, sent = collected_events(
             django_capture_on_commit_callbacks,
             lambda: moderation.delete_messages(ids=ids, by=staff, via="test"),
         )
@@ -115,7 +102,7 @@ def test_deleting_again_changes_nothing_and_tells_nobody(staff, django_capture_o
     gone = post(identity(), "gone")
     moderation.delete_messages(ids=[gone], by=staff, via="test")
     stamp = Message.objects.get(pk=gone).deleted_at
-    result, sent = events_of(
+    result, sent = collected_events(
         django_capture_on_commit_callbacks, lambda: moderation.delete_messages(ids=[gone], by=staff, via="test")
     )
     assert (result, sent) == ({}, [])
@@ -139,7 +126,7 @@ def test_delete_written_by_takes_one_browsers_messages_of_one_room(staff, django
     spam = [post(spammer, f"spam {n}") for n in range(3)]
     elsewhere = post(spammer, "spam elsewhere", room="other")
     kept = post(other, "fine")
-    deleted, sent = events_of(
+    deleted, sent = collected_events(
         django_capture_on_commit_callbacks,
         lambda: moderation.delete_written_by(author_id=spammer.author_id, room="lobby", by=staff, via="test"),
     )
@@ -169,7 +156,7 @@ def test_block_and_unblock_record_who_and_tell_every_process(staff, data_queries
     ada = identity()
     ContentType.objects.get_for_model(Block)
     with data_queries() as queries:
-        blocked, sent = events_of(
+        blocked, sent = collected_events(
             django_capture_on_commit_callbacks,
             lambda: moderation.block(author_ids=[ada.author_id], by=staff, via="test"),
         )
@@ -180,7 +167,7 @@ def test_block_and_unblock_record_who_and_tell_every_process(staff, data_queries
     assert LogEntry.objects.get().action_flag == ADDITION
 
     # Blocking again adds nothing but tells the tabs again (one may have missed the first).
-    again, sent = events_of(
+    again, sent = collected_events(
         django_capture_on_commit_callbacks, lambda: moderation.block(author_ids=[ada.author_id], by=staff, via="test")
     )
     assert (again, sent, Block.objects.count()) == ([], [VisitorBlocked(ada.author_id)], 1)

@@ -12,9 +12,8 @@ from django.utils import timezone
 from chat import services
 from chat.identity import Identity, author_id_for, guest_name_for
 from chat.models import Message, Room, VisitorSettings
-from chat.realtime import gateway
 from chat.realtime.events import group_of
-from tests.conftest import make_session
+from tests.conftest import collected_events, make_session
 
 pytestmark = pytest.mark.django_db
 
@@ -170,16 +169,13 @@ def test_ids_grow_within_a_room():
 
 def test_each_message_event_names_the_previous_message_of_its_room(django_capture_on_commit_callbacks):
     ada = identity()
-    sent: list = []
-    token = gateway._outbox.set(sent)  # what gateway.run_service collects
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            ids = [
-                services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
-                for room in ["a", "b", "a", "a"]
-            ]
-    finally:
-        gateway._outbox.reset(token)
+    ids, sent = collected_events(
+        django_capture_on_commit_callbacks,
+        lambda: [
+            services.post_message(identity=ada, room=room, text="m", client_id=None).message.pk
+            for room in ["a", "b", "a", "a"]
+        ],
+    )
     chain = [(group_of(event), event.message_id, event.prev_id) for event in sent]
     assert chain == [
         ("chat.room.a", ids[0], None),
@@ -197,18 +193,6 @@ def test_resending_a_client_id_stores_nothing_new():
     # Another identity may use the same client_id.
     assert services.post_message(identity=grace, room="lobby", text="hi", client_id="same").created
     assert Message.objects.count() == 2
-
-
-def collected_events(capture_on_commit, post):
-    """Run ``post`` the way the writer does; return its result and the events it published."""
-    sent: list = []
-    token = gateway._outbox.set(sent)  # what gateway.run_service collects
-    try:
-        with capture_on_commit(execute=True):
-            result = post()
-    finally:
-        gateway._outbox.reset(token)
-    return result, sent
 
 
 def test_a_batch_costs_two_queries_per_room_and_one_insert(data_queries, django_capture_on_commit_callbacks):
