@@ -29,41 +29,45 @@ from chat.realtime.events import MessagesDeleted, VisitorBlocked
 
 # Deleted message ids, by room.
 Deleted = dict[str, list[int]]
+# Ids per UPDATE of a deletion: under SQLite's (32,766) and PostgreSQL's (65,535) limits on parameters.
+IDS_PER_STATEMENT = 10_000
 
 
 def delete_messages(*, ids: Iterable[int], by: AbstractBaseUser, via: str) -> Deleted:
     """Delete the messages with these ids (those not deleted already); return what was deleted, by room."""
     ids = sorted(set(ids))
-    if not ids:
-        return {}
-    return _delete(f"id IN ({', '.join(['%s'] * len(ids))})", ids, by=by, via=via)
+    chunks = [ids[start : start + IDS_PER_STATEMENT] for start in range(0, len(ids), IDS_PER_STATEMENT)]
+    return _delete([(f"id IN ({', '.join(['%s'] * len(chunk))})", chunk) for chunk in chunks], by=by, via=via)
 
 
 def delete_written_by(*, author_id: str, room: str | None, by: AbstractBaseUser, via: str) -> Deleted:
     """Delete everything ``author_id`` wrote in ``room`` (None: in every room); return it, by room."""
     if room is None:
-        return _delete("author_id = %s", [author_id], by=by, via=via)
-    return _delete("author_id = %s AND room = %s", [author_id, room], by=by, via=via)
+        return _delete([("author_id = %s", [author_id])], by=by, via=via)
+    return _delete([("author_id = %s AND room = %s", [author_id, room])], by=by, via=via)
 
 
-def _delete(where: str, params: Sequence[object], *, by: AbstractBaseUser, via: str) -> Deleted:
-    """Mark the messages matching ``where`` deleted in one statement; one ``deleted`` frame per room.
+def _delete(matches: list[tuple[str, Sequence[object]]], *, by: AbstractBaseUser, via: str) -> Deleted:
+    """Mark the messages each ``(where, params)`` matches deleted; one ``deleted`` frame per room.
 
-    The ORM's ``update`` cannot say which rows it changed, so this is one
-    ``UPDATE … RETURNING`` (PostgreSQL, and SQLite since 3.35); the
+    The ORM's ``update`` cannot say which rows it changed, so each match is
+    one ``UPDATE … RETURNING`` (PostgreSQL, and SQLite since 3.35); the
     history's entries are one more insert.
     """
     table = Message._meta.db_table
-    now = timezone.now()
+    stamp = [connection.ops.adapt_datetimefield_value(timezone.now()), by.pk]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET deleted_at = %s, deleted_by_id = %s"  # noqa: S608 - table and columns only
-            f" WHERE {where} AND deleted_at IS NULL RETURNING id, room, username, text",
-            [connection.ops.adapt_datetimefield_value(now), by.pk, *params],
-        )
-        rows = sorted(cursor.fetchall())
+        rows: list[tuple[int, str, str, str]] = []
+        for where, params in matches:
+            cursor.execute(
+                f"UPDATE {table} SET deleted_at = %s, deleted_by_id = %s"  # noqa: S608 - table and columns only
+                f" WHERE {where} AND deleted_at IS NULL RETURNING id, room, username, text",
+                [*stamp, *params],
+            )
+            rows += cursor.fetchall()
         if not rows:
             return {}
+        rows.sort()
         deleted: Deleted = defaultdict(list)
         for message_id, room, _username, _text in rows:
             deleted[room].append(message_id)

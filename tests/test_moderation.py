@@ -319,3 +319,18 @@ def test_the_migration_gives_existing_settings_rows_their_author_id():
     executor.migrate(executor.loader.graph.leaf_nodes())
     row = VisitorSettings.objects.get(session_id=session_id)
     assert row.author_id == author_id_for(session_id)
+
+
+def test_more_ids_than_one_statement_takes_are_deleted_in_chunks_with_one_frame(
+    staff, data_queries, django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setattr(moderation, "IDS_PER_STATEMENT", 2)
+    ada = identity()
+    ids = [post(ada, f"m{n}") for n in range(5)]
+    with data_queries() as queries:
+        deleted, sent = collected_events(
+            django_capture_on_commit_callbacks, lambda: moderation.delete_messages(ids=ids, by=staff, via="test")
+        )
+    assert deleted == {"lobby": ids}
+    assert sum(sql.startswith("UPDATE") for sql in queries.statements) == 3
+    assert [event.ids for event in sent] == [ids]
