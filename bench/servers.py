@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,9 +110,19 @@ def start_project(
     extra_env: Mapping[str, str] | None = None,
     base_env: Mapping[str, str] | None = None,
     migrate: bool = True,
+    args: Sequence[str] = (),
+    port: int | None = None,
 ) -> Target:
-    """Migrate, then start ``python -m chatsite.server`` on a free port; wait for ``/healthz``."""
-    return start_projects(1, log_dir=log_dir, extra_env=extra_env, base_env=base_env, migrate=migrate)[0]
+    """Migrate, then start ``python -m chatsite.server`` on ``port`` (else a free one); wait for ``/healthz``."""
+    return start_projects(
+        1,
+        log_dir=log_dir,
+        extra_env=extra_env,
+        base_env=base_env,
+        migrate=migrate,
+        args=args,
+        ports=None if port is None else [port],
+    )[0]
 
 
 def start_projects(
@@ -122,12 +132,15 @@ def start_projects(
     extra_env: Mapping[str, str] | None = None,
     base_env: Mapping[str, str] | None = None,
     migrate: bool = True,
+    args: Sequence[str] = (),
+    ports: Sequence[int] | None = None,
 ) -> list[Target]:
     """Migrate once, then start ``count`` project servers, each on a free port, in one environment.
 
     One environment means one database and one set of Redis key prefixes: the
     processes share the channel layer, presence and rate limits, as the
-    replicas of a deployment do.
+    replicas of a deployment do. ``args`` go to each server's command line
+    (e.g. ``--proxy-headers``); ``ports``, one per server, replace the free ones.
     """
     env = project_env(os.environ if base_env is None else base_env, extra_env or {})
     if count > 1 and not env.get("REDIS_URL"):
@@ -154,8 +167,8 @@ def start_projects(
 
     targets: list[Target] = []
     try:
-        for _ in range(count):
-            port = free_port()
+        for index in range(count):
+            port = free_port() if ports is None else ports[index]
             command = [
                 sys.executable,
                 "-m",
@@ -165,6 +178,7 @@ def start_projects(
                 "-p",
                 str(port),
                 *DAPHNE_LIMIT_ARGS,
+                *args,
                 "chatsite.asgi:application",
             ]
             targets.append(_start("project", command, env, port, log_dir, "/healthz", dict(settings)))

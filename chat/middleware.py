@@ -1,4 +1,4 @@
-"""Give every browser a long-lived session with a ``session_id`` on its page views."""
+"""Give every browser a long-lived session with a ``session_id`` on its page views (new ones limited per network)."""
 
 from collections.abc import Callable
 from datetime import date
@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from chat import newcomers
 from chat.identity import SESSION_ID_KEY, ensure_session_id, get_session_id
 from chat.sessions import start_page_only
 
@@ -29,7 +30,9 @@ class SessionIdMiddleware:
 
     Sits after Django's ``SessionMiddleware``. Django keeps session data when
     it rotates the key (``cycle_key`` on login); on logout it flushes the
-    data, and this puts the browser's ``session_id`` back.
+    data, and this puts the browser's ``session_id`` back. A browser without
+    one gets one only within its network's limit on new identities
+    (``chat.newcomers``); past it, a 429 and no session.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -43,17 +46,24 @@ class SessionIdMiddleware:
             request.session[SESSION_ID_KEY] = str(known)
         return response
 
-    def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *args: Any) -> None:
+    def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *args: Any) -> HttpResponse | None:
         if getattr(view_func, "session_id_exempt", False):
-            return
-        if get_session_id(request.session) is None and request.session.session_key is None:
-            # A browser's first page view: its session lives a day until the
-            # browser opens a socket or signs in (chat.sessions.keep).
-            start_page_only(request.session)
+            return None
+        if get_session_id(request.session) is None:
+            # A new identity: limited per client network, refused before
+            # anything is written (the session stays empty, so none is saved).
+            retry_after = newcomers.refusal(request)
+            if retry_after is not None:
+                return newcomers.refused_page(retry_after)
+            if request.session.session_key is None:
+                # A browser's first page view: its session lives a day until the
+                # browser opens a socket or signs in (chat.sessions.keep).
+                start_page_only(request.session)
         setattr(request, SESSION_ID_ATTR, ensure_session_id(request.session))
         today = date.today().isoformat()
         if request.session.get(REFRESHED_ON_KEY) != today:
             request.session[REFRESHED_ON_KEY] = today
+        return None
 
 
 class SecureSessionCookieMiddleware:

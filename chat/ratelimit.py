@@ -9,19 +9,26 @@ Each action's limit (a burst, then a refill rate) is declared once, in
   (10), then ``CHAT_READ_RATE_PER_SECOND`` (2/s);
 - ``frame``, any frame of one socket: ``CHAT_FRAME_RATE_BURST`` (30), then
   ``CHAT_FRAME_RATE_PER_SECOND`` (10/s). A socket lives in one process, so
-  its ``TokenBucket`` is the consumer's own: no Redis round trip per frame.
+  its ``TokenBucket`` is the consumer's own: no Redis round trip per frame;
+- ``new_identity``, the new identities one client network may make (a page
+  view without a session, ``chat.newcomers``): ``CHAT_NEW_IDENTITY_RATE_BURST``
+  (20), then ``CHAT_NEW_IDENTITY_RATE_PER_SECOND`` (one a minute).
 
-With ``REDIS_URL`` the per-author buckets live in Redis, so the limits hold
-across every server process; the clock is Redis's own.
+With ``REDIS_URL`` the buckets of authors and networks live in Redis, so the
+limits hold across every server process; the clock is Redis's own. The
+consumers take tokens on the event loop (``hit``); a page view takes one in
+its thread (``take``).
 """
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from django.conf import settings
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -35,6 +42,7 @@ LIMITS: dict[str, tuple[str, str]] = {
     "rename": ("CHAT_RATE_BURST", "CHAT_RATE_PER_SECOND"),
     "read": ("CHAT_READ_RATE_BURST", "CHAT_READ_RATE_PER_SECOND"),
     "frame": ("CHAT_FRAME_RATE_BURST", "CHAT_FRAME_RATE_PER_SECOND"),
+    "new_identity": ("CHAT_NEW_IDENTITY_RATE_BURST", "CHAT_NEW_IDENTITY_RATE_PER_SECOND"),
 }
 # How often the in-process limiter forgets the buckets that are full again.
 SWEEP_INTERVAL = 60.0
@@ -90,24 +98,28 @@ class LocalRateLimiter:
 
     A bucket that has filled up again acts like one never made, so the
     buckets of authors gone quiet are dropped, once every ``SWEEP_INTERVAL``.
+    Page views take tokens from their own threads, hence the lock.
     """
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        self._lock = threading.Lock()
 
     async def hit(self, *, action: str, author_id: str) -> float | None:
-        return self.take(action=action, author_id=author_id)
+        return self.take(action=action, owner=author_id)
 
-    def take(self, *, action: str, author_id: str) -> float | None:
-        """``hit``, without the event loop."""
-        rule, now = limit(action), time.monotonic()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        bucket = self._buckets.get((action, author_id))
-        if bucket is None:
-            bucket = self._buckets[(action, author_id)] = TokenBucket(rule, now)
-        return bucket.take(rule, now)
+    def take(self, *, action: str, owner: str) -> float | None:
+        """``hit``, without the event loop; ``owner`` is whose bucket it is (an author, a network)."""
+        rule = limit(action)
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._sweep(now)
+            bucket = self._buckets.get((action, owner))
+            if bucket is None:
+                bucket = self._buckets[(action, owner)] = TokenBucket(rule, now)
+            return bucket.take(rule, now)
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_INTERVAL
@@ -157,6 +169,22 @@ class RedisRateLimiter:
         return None if missing < 0 else _retry_after(missing, rule.per_second)
 
 
+class SyncRedisRateLimiter:
+    """``RedisRateLimiter`` for code outside the event loop (a page view's thread): the same script and keys."""
+
+    def __init__(self, client: SyncRedis) -> None:
+        self._script = client.register_script(_BUCKET_SCRIPT)
+
+    def take(self, *, action: str, owner: str) -> float | None:
+        rule = limit(action)
+        try:
+            missing = float(self._script([redis_client.key("rate", action, owner)], [rule.burst, rule.per_second]))
+        except (RedisError, OSError) as exc:
+            logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)
+            return _fallback.take(action=action, owner=owner)
+        return None if missing < 0 else _retry_after(missing, rule.per_second)
+
+
 _local = LocalRateLimiter()
 # Used by RedisRateLimiter while Redis is away.
 _fallback = LocalRateLimiter()
@@ -165,3 +193,14 @@ _fallback = LocalRateLimiter()
 def get_rate_limiter() -> RateLimiter:
     """Return the rate limiter for this configuration."""
     return redis_client.bound(RedisRateLimiter) if settings.REDIS_URL else _local
+
+
+def take(*, action: str, owner: str) -> float | None:
+    """Take one token of ``owner``'s bucket outside the event loop; None if allowed, else seconds until one is free.
+
+    With ``REDIS_URL``, one script call on this process's sync client
+    (``redis_client.bound_sync``); else this process's buckets.
+    """
+    if settings.REDIS_URL:
+        return redis_client.bound_sync(SyncRedisRateLimiter).take(action=action, owner=owner)
+    return _local.take(action=action, owner=owner)

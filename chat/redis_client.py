@@ -1,10 +1,18 @@
-"""The Redis connection shared by presence and rate limits (when ``REDIS_URL`` is set)."""
+"""The Redis connection shared by presence and rate limits (when ``REDIS_URL`` is set).
+
+The sockets' code runs on an event loop and uses a ``redis.asyncio`` client
+per loop (``get_redis``, ``bound``). A page view runs in a thread of its
+own (chatsite/http.py) and uses the process's one sync client
+(``get_sync_redis``, ``bound_sync``).
+"""
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import redis as sync_redis
 import redis.asyncio as redis
 from django.conf import settings
 
@@ -44,6 +52,44 @@ def bound(factory: Callable[[redis.Redis], T]) -> T:
     if factory not in made:
         made[factory] = factory(get_redis())
     return made[factory]
+
+
+# Cut a sync call off after this long: a page view waits for it, and falls
+# back to this process's own state when Redis does not answer.
+SYNC_TIMEOUT = 2.0
+_sync_lock = threading.Lock()
+# The sync client, and the objects built on it, by REDIS_URL.
+_sync_clients: dict[str, sync_redis.Redis] = {}
+_sync_bound: dict[tuple[str, Callable[..., Any]], Any] = {}
+
+
+def get_sync_redis() -> sync_redis.Redis:
+    """Return this process's sync client for ``settings.REDIS_URL``, shared by its threads (the pool is thread-safe)."""
+    with _sync_lock:
+        return _sync_client(settings.REDIS_URL)
+
+
+def _sync_client(url: str) -> sync_redis.Redis:
+    client = _sync_clients.get(url)
+    if client is None:
+        client = _sync_clients[url] = sync_redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SYNC_TIMEOUT,
+            socket_connect_timeout=SYNC_TIMEOUT,
+            health_check_interval=30,
+        )
+    return client
+
+
+def bound_sync(factory: Callable[[sync_redis.Redis], T]) -> T:
+    """Return ``factory(client)`` for the process's sync client, made once and shared (``bound``'s sync twin)."""
+    url = settings.REDIS_URL
+    with _sync_lock:
+        made = _sync_bound.get((url, factory))
+        if made is None:
+            made = _sync_bound[(url, factory)] = factory(_sync_client(url))
+    return cast(T, made)
 
 
 def key(*parts: str) -> str:

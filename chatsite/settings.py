@@ -179,7 +179,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.int("ADMIN_LOGIN_COOLOFF_MINUTES", def
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
 AXES_RESET_ON_SUCCESS = True
 # The address daphne was given, trusted as forwarded only with BEHIND_PROXY=1.
-AXES_CLIENT_IP_CALLABLE = "chatsite.login_throttle.client_address"
+AXES_CLIENT_IP_CALLABLE = "chat.addresses.client_address"
 
 # --- Chat limits ----------------------------------------------------------------
 CHAT_STALE_SETTINGS_DAYS = env.int("CHAT_STALE_SETTINGS_DAYS", default=100)
@@ -194,6 +194,11 @@ CHAT_FRAME_RATE_PER_SECOND = env.float("CHAT_FRAME_RATE_PER_SECOND", default=10.
 # A socket whose frames keep coming past its frame budget, this many refused
 # in a row, is closed with 1008 (docs/protocol.md): a page waits retry_after.
 CHAT_FRAME_FLOOD_CLOSE = env.int("CHAT_FRAME_FLOOD_CLOSE", default=100)
+# New identities (a page view of a browser without a session) per client
+# network: an IPv4 address or an IPv6 /64, loopback exempt (chat/newcomers.py).
+# A burst of 0 turns the limit off.
+CHAT_NEW_IDENTITY_RATE_BURST = env.int("CHAT_NEW_IDENTITY_RATE_BURST", default=20)
+CHAT_NEW_IDENTITY_RATE_PER_SECOND = env.float("CHAT_NEW_IDENTITY_RATE_PER_SECOND", default=1 / 60)
 CHAT_PRESENCE_TTL = env.float("CHAT_PRESENCE_TTL", default=60.0)
 # Open sockets one identity may hold, across all rooms and server processes.
 CHAT_MAX_SOCKETS_PER_IDENTITY = env.int("CHAT_MAX_SOCKETS_PER_IDENTITY", default=20)

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from chatsite.login_throttle import client_address
+from chat.addresses import client_address
 
 pytestmark = pytest.mark.django_db
 

@@ -1,11 +1,13 @@
 """The load benchmark (bench/) still measures: tiny runs against real servers, so it cannot rot unseen."""
 
+import asyncio
 from contextlib import contextmanager
 
 import pytest
 
 from bench import scenarios
 from bench.bigroom import bigroom, by_room_size, by_second
+from bench.evader import phase
 from bench.scenarios import Load
 from bench.servers import Target, start_baseline, start_project, start_projects
 from bench.soak import Churn, _gaps, soak
@@ -261,3 +263,18 @@ def test_storm_backoff_and_figures_without_a_server():
     assert found["back_s"]["max"] == 1.6 and found["back_by_second"] == [[0, 1], [1, 1]]
     assert found["failed_attempts"] == 6 and found["attempts"] == 8 and found["attempts_max"] == 4
     assert found["all_back_after_server_up_s"] is None and found["reconnects_per_s_after_server_up"] == 2.0
+
+
+def test_evader_gets_its_burst_of_identities_then_429(server_env, tmp_path):
+    env = {**server_env, "CHAT_NEW_IDENTITY_RATE_BURST": "2"}
+    target = start_project(
+        log_dir=tmp_path, base_env=env, extra_env={"BEHIND_PROXY": "1"}, args=["--proxy-headers"], migrate=False
+    )
+    try:
+        result = asyncio.run(phase(target, seconds=2.0, pause=0.5))
+    finally:
+        target.stop()
+    assert result["identities obtained"] == 2 and result["pages refused (429)"] >= 2
+    assert result["messages acknowledged"] == result["messages seen by the reader"] == 20
+    assert result["messages stored (rows)"] == 20
+    assert 0 < result["retry_after s (min, max)"][0] <= 60
