@@ -10,8 +10,8 @@ declared here, never a room name, an ``author_id`` or anything a visitor
 chooses.
 
 **Several processes.** With ``PROMETHEUS_MULTIPROC_DIR`` set (a directory
-that exists, shared by the server processes of one host, emptied when the
-host boots: README "Metrics"), prometheus-client keeps every value in
+shared by the server processes of one host, made if missing, emptied when
+the host boots: README "Metrics"), prometheus-client keeps every value in
 memory-mapped files there, one set per process, and a scrape of any
 process reads and sums them all (``multiprocess.MultiProcessCollector``).
 Counters and histograms add up; each gauge says how it aggregates
