@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from chat import protocol, selectors, services
+from chat import metrics, protocol, selectors, services
 from chat.ratelimit import TokenBucket, get_rate_limiter, limit
 from chat.realtime import gateway
 from chat.realtime.hub import get_hub
@@ -96,17 +96,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         except UNAVAILABLE as exc:
             logger.warning("connect refused room=%s: storage unavailable (%s)", self.room, exc.__class__.__name__)
+            metrics.connect_ended("unavailable")
             await self.accept()
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         await self.accept()
         if start is None:
             logger.info("connect closed room=%s: no valid session", self.room)
+            metrics.connect_ended("no_session")
             await self.close(code=protocol.CLOSE_NO_SESSION)
             return
         identity = start.identity
         if start.blocked:
             logger.info("connect closed room=%s author=%s: blocked", self.room, identity.author_id)
+            metrics.connect_ended("blocked")
             await self.close(code=protocol.CLOSE_BLOCKED)
             return
         self.tab = Tab(self.room, identity, self.base_send)
@@ -116,6 +119,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning(
                 "connect closed room=%s: storage or channel layer unavailable (%s)", self.room, exc.__class__.__name__
             )
+            metrics.connect_ended("unavailable")
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         if not opened:
@@ -126,9 +130,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 settings.CHAT_MAX_SOCKETS_PER_IDENTITY,
             )
             self.tab = None  # nothing of it is kept to clean up
+            metrics.connect_ended("too_many")
             await self.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
             return
         logger.info("connected room=%s author=%s verified=%s", self.room, identity.author_id, identity.verified)
+        metrics.connect_ended("accepted")
 
     async def disconnect(self, code: int) -> None:
         if self.tab is None or self.tab.closing:
@@ -292,4 +298,5 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_error(
         self, code: str, message: str, *, client_id: str | None = None, retry_after: float | None = None
     ) -> None:
+        metrics.frame_rejected(code)
         await self.send(text_data=protocol.error_frame(code, message, client_id=client_id, retry_after=retry_after))

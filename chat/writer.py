@@ -15,7 +15,7 @@ import asyncio
 import logging
 import weakref
 
-from chat import services
+from chat import metrics, services
 from chat.realtime import gateway
 from chat.realtime.hub import get_hub
 
@@ -55,6 +55,7 @@ class MessageWriter:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            metrics.batch_stored(posts=len(batch), created=sum(posted.created for posted in stored))
             for (_post, future), posted in zip(batch, stored, strict=True):
                 if not future.done():  # its socket may have closed meanwhile
                     future.set_result(posted)

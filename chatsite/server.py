@@ -44,6 +44,7 @@ from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 from twisted.internet import tcp
 
+from chat import metrics
 from chat.realtime.tab import PREPARED
 
 logger = logging.getLogger("chat.server")
@@ -218,6 +219,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         consumer ``websocket.disconnect`` with 1006.
         """
         self.overflowed = True
+        metrics.SLOW_READERS_DROPPED.inc()
         peer = "{}:{}".format(*self.client_addr) if self.client_addr else "unknown"  # daphne's, set on connect
         logger.warning(
             "slow reader dropped peer=%s path=%s queued=%d bytes limit=%d", peer, self.request.path, queued, limit

@@ -5,6 +5,7 @@ and an in-process channel layer. Production sets ``DEBUG=0``, ``SECRET_KEY``,
 ``ALLOWED_HOSTS``, ``DATABASE_URL`` and ``REDIS_URL`` (see README.md).
 """
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,6 +43,9 @@ MIDDLEWARE = [
     # /healthz, answered before anything reads the Host header or the session
     # (probes come by IP): chat/health.py.
     "chat.health.HealthCheckMiddleware",
+    # /metrics, for the same reasons, to the operator's scraper only
+    # (chat/metrics_endpoint.py).
+    "chat.metrics_endpoint.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files, answered before the session is touched (WhiteNoise's
     # place: right after SecurityMiddleware).
@@ -224,6 +228,19 @@ else:
 # the one frame that crossed the limit) before it drops the connection
 # (chatsite/server.py); 0: no bound. Why 1 MiB: docs/architecture.md.
 CHAT_SEND_BUFFER_LIMIT = env.int("CHAT_SEND_BUFFER_LIMIT", default=1024 * 1024)
+
+# --- Metrics: GET /metrics (chat/metrics.py, chat/metrics_endpoint.py) --------
+# With a token, a scrape must send "Authorization: Bearer <token>". METRICS_ALLOW
+# lists the networks (CIDRs) that may scrape; by default loopback only without a
+# token, any address with one. PROMETHEUS_MULTIPROC_DIR (read by prometheus-client
+# itself) sums the processes of one host: README "Metrics".
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOW = env.list("METRICS_ALLOW", default=[])
+for _cidr in METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOW: {exc}") from None
 
 # --- Static files -------------------------------------------------------------
 # Served by WhiteNoise inside Django's middleware (chat.static). With DEBUG off

@@ -11,6 +11,7 @@ import http.client
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -170,6 +171,24 @@ async def test_a_foreign_origin_is_refused_through_nginx(server_env, tmp_path):
         # The page's own origin still gets in: the refusals were the Origin's.
         async with connect(nginx, session) as ws:
             await recv(ws, "welcome")
+
+
+@through_nginx
+async def test_metrics_are_not_served_through_nginx_but_by_each_replica(server_env, tmp_path):
+    token = "scrape-token-for-tests"
+    with stack({**server_env, "METRICS_TOKEN": token}, tmp_path) as (web1, web2, nginx):
+        bearer = {"Authorization": f"Bearer {token}"}
+        # Spellings nginx normalizes to /metrics before it picks a location.
+        for path in ("/metrics", "/metrics?format=text", "//metrics", "/%6detrics", "/./metrics"):
+            request = urllib.request.Request(f"{nginx.base}{path}", headers=bearer)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 404, path
+        for web in (web1, web2):  # no replica was asked
+            assert "/metrics" not in web.log_path.read_text(errors="replace")
+            request = urllib.request.Request(f"{web.base}/metrics", headers=bearer)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert b"chat_sockets_open" in response.read()
 
 
 def _block(text: str, opening: str) -> str:

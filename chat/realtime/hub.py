@@ -30,7 +30,7 @@ from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from chat import protocol, selectors
+from chat import metrics, protocol, selectors
 from chat.realtime import gateway
 from chat.realtime.events import (
     IDENTITY_GROUP,
@@ -163,6 +163,7 @@ class RoomHub:
                     MessageStream(tab.room, self._broadcaster(tab.room)), PresenceFeed(tab.room)
                 )
             self.feeds[tab.room].tabs.add(tab)
+            metrics.SOCKETS_OPEN.inc()
             self.authors.setdefault(tab.identity.author_id, set()).add(tab)
 
     async def _leave(self, tab: Tab) -> None:
@@ -176,6 +177,7 @@ class RoomHub:
             if feed is None or tab not in feed.tabs:
                 return
             feed.tabs.discard(tab)
+            metrics.SOCKETS_OPEN.dec()
             feed.presence.forget(tab)
             mine = self.authors.get(tab.identity.author_id, set())
             mine.discard(tab)
@@ -196,6 +198,7 @@ class RoomHub:
                 except Exception as exc:  # Redis down: its subscriptions go with the connection
                     logger.warning("room hub cannot leave group=%s: %s", group, exc.__class__.__name__)
             if not self.feeds:
+                metrics.presence_seen(())  # the presence loop, which keeps it, stops
                 # A cancelled receive ends the channel (the pub/sub layer
                 # unsubscribes it): the next join makes a new one.
                 for loop in self._loops:
@@ -267,6 +270,7 @@ class RoomHub:
         feed = self.feeds.get(room)
         tabs = list(feed.tabs if feed else ())
         prepared = prepare(frame) if len(tabs) > 1 else None
+        metrics.delivered("room", len(tabs))
         for tab in tabs:
             try:
                 await tab.deliver(frame, message_id, prepared)
@@ -390,11 +394,13 @@ class RoomHub:
                         feed.presence.learn(await store.read(room=room, known_list=feed.presence.list_version))
             except Exception as exc:  # Redis down: try again on the next pass
                 logger.warning("presence read failed: %s", exc.__class__.__name__)
+            metrics.presence_seen(feed.presence.count for feed in self.feeds.values())
             now = loop.time()
             for room in rooms:
                 feed = self.feeds.get(room)
                 for tabs, frame in feed.presence.due(now) if feed else ():
                     prepared = prepare(frame) if len(tabs) > 1 else None
+                    metrics.delivered("presence", len(tabs))
                     for tab in tabs:
                         await tab.send(frame, prepared)
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
+from chat import metrics
+
 logger = logging.getLogger(__name__)
 
 # How often, and how long its echo may take. A process seconds behind under
@@ -32,10 +34,20 @@ class LayerProbe:
     def __init__(self, layer: BaseChannelLayer, channel: str, on_back: Callable[[], Awaitable[None]]) -> None:
         self.layer = layer
         self.channel = channel
-        self.delivering = True
+        self.delivering = True  # until a probe fails (chat_layer_delivering)
         self._on_back = on_back
         self._tokens = itertools.count()
         self._echoes: dict[int, asyncio.Future[None]] = {}
+
+    @property
+    def delivering(self) -> bool:
+        """Whether the layer delivered the last probe (the hub's reader also sets False on a failed read)."""
+        return self._delivering
+
+    @delivering.setter
+    def delivering(self, delivering: bool) -> None:
+        self._delivering = delivering
+        metrics.LAYER_DELIVERING.set(1 if delivering else 0)
 
     def echo(self, message: dict[str, Any]) -> None:
         """A probe came back through the layer (the hub's reader hands it here)."""
