@@ -19,7 +19,10 @@ class VisitorSettings(models.Model):
 
     session_id = models.UUIDField(unique=True)
     # The public id of the browser (``identity.author_id_for(session_id)``), kept so staff can search by it.
-    author_id = models.CharField(max_length=32, unique=True)
+    # Unique as session_id is, but not declared so: a second unique index would
+    # make concurrent upserts of one browser (``rename_visitor``) fail on it
+    # instead of meeting in ON CONFLICT (session_id).
+    author_id = models.CharField(max_length=32, db_index=True)
     username = models.CharField(max_length=validators.USERNAME_MAX_LENGTH)
     read_at = models.DateTimeField(
         default=timezone.now, db_index=True, help_text="Last time these settings were resolved."

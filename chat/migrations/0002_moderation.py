@@ -54,13 +54,13 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="visitorsettings",
             name="author_id",
-            field=models.CharField(max_length=32, null=True, unique=True),
+            field=models.CharField(max_length=32, null=True, db_index=True),
         ),
         migrations.RunPython(fill_author_ids, migrations.RunPython.noop),
         migrations.AlterField(
             model_name="visitorsettings",
             name="author_id",
-            field=models.CharField(max_length=32, unique=True),
+            field=models.CharField(max_length=32, db_index=True),
         ),
         migrations.AddIndex(
             model_name="message",
