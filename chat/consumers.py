@@ -100,10 +100,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # One trip to a database thread: the session, its user, the
             # browser's settings, its block and the room's newest message id.
             # Reads only (and the once-a-day read_at), so not the one
-            # thread-sensitive database thread that orders the writes: any of
-            # the event loop's pool threads, so connects do not queue behind
-            # each other or behind chat writes (docs/performance.md, "Issue
-            # 11": returning tabs 254–287/s → 326–334/s in the same runs).
+            # thread-sensitive database thread that orders the writes: one of
+            # CONNECTS, so connects do not queue behind chat writes
+            # (docs/performance.md, "Issue 11": returning tabs 254–287/s →
+            # 324–332/s in the same runs).
             start = await database_sync_to_async(services.resolve_socket, thread_sensitive=False, executor=CONNECTS)(
                 session_key=session_key(self.scope), room=self.room
             )

@@ -12,9 +12,9 @@ Django's ASGI handler, at 134/s this way.
 
 The pool threads are not the one thread the sockets' writes and reads use
 (``database_sync_to_async`` is thread-sensitive): page views do not queue
-behind chat messages. A socket's connect (read only) runs in these pool
-threads too (``ChatConsumer.connect``). Each thread takes its own
-connection from the database pool (``DATABASE_POOL_SIZE``).
+behind chat messages (a socket's connect has threads of its own,
+``consumers.CONNECTS``). Each thread takes its own connection from the
+database pool (``DATABASE_POOL_SIZE``).
 
 Responses are sent whole. The app's responses are pages, the admin and a
 few small static files; nothing streams.
