@@ -82,12 +82,12 @@ async def page_cookie(cfg: Config) -> str:
     )
 
 
-async def open_socket(cfg: Config, cookie: str | None) -> ClientConnection:
-    """Open the room's websocket (no compression, no keep-alive pings: neither is measured)."""
+async def open_socket(cfg: Config, cookie: str | None, headers: dict[str, str] | None = None) -> ClientConnection:
+    """Open the room's websocket (no compression, no keep-alive pings: neither is measured), with extra ``headers``."""
     return await connect(
         f"ws://{cfg.host}:{cfg.port}/ws/chat/{cfg.room}/",
         origin=Origin(cfg.origin),
-        additional_headers={"Cookie": cookie} if cookie else None,
+        additional_headers={**(headers or {}), **({"Cookie": cookie} if cookie else {})} or None,
         compression=None,
         proxy=None,
         max_size=None,

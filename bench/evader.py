@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets import ConnectionClosed, InvalidStatus
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.typing import Origin
+from websockets.asyncio.client import ClientConnection
 
 from bench.clients import Config, open_socket, page_cookie, welcome
 from bench.report import save
@@ -74,17 +73,7 @@ async def new_identity(cfg: Config) -> tuple[int, str | None, int | None]:
 
 async def evader_socket(cfg: Config, cookie: str) -> ClientConnection:
     """The room's socket with the new identity's cookie, through the 'proxy' (the forwarded address)."""
-    return await connect(
-        f"ws://{cfg.host}:{cfg.port}/ws/chat/{cfg.room}/",
-        origin=Origin(cfg.origin),
-        additional_headers={"Cookie": cookie, "X-Forwarded-For": EVADER_ADDRESS},
-        compression=None,
-        proxy=None,
-        max_size=None,
-        ping_interval=None,
-        open_timeout=cfg.open_timeout,
-        close_timeout=2,
-    )
+    return await open_socket(cfg, cookie, headers={"X-Forwarded-For": EVADER_ADDRESS})
 
 
 async def send_burst(ws: ClientConnection, tally: Counter[str]) -> None:

@@ -11,14 +11,14 @@ exact path skips them; every other request is validated as usual.
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from chat.middleware import OnePathMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -56,32 +56,19 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok" if healthy else "error", **report}, status=200 if healthy else 503)
 
 
-class HealthCheckMiddleware:
+class HealthCheckMiddleware(OnePathMiddleware):
     """Answer ``/healthz`` before any other middleware; pass everything else on.
 
-    First in ``MIDDLEWARE``. Sync and async, like Django's own middleware:
-    the server runs each page view's whole middleware chain in one thread
-    (chatsite/asgi.py), where this passes requests on without a hop and runs
-    the (rare) probe's async checks on the server's event loop.
+    First in ``MIDDLEWARE``. The server runs each page view's whole
+    middleware chain in one thread (chatsite/http.py), where this passes
+    requests on without a hop and runs the (rare) probe's async checks on
+    the server's event loop.
     """
 
-    sync_capable = True
-    async_capable = True
+    path = HEALTH_PATH
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+    def answer(self, request: HttpRequest) -> HttpResponse:
+        return async_to_sync(healthz)(request)
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self._acall(request)
-        if request.path_info == HEALTH_PATH:
-            return async_to_sync(healthz)(request)
-        return self.get_response(request)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        if request.path_info == HEALTH_PATH:
-            return await healthz(request)
-        return await self.get_response(request)
+    async def answer_async(self, request: HttpRequest) -> HttpResponse:
+        return await healthz(request)

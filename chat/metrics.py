@@ -49,6 +49,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from chat import protocol
+
 # No "_created" series (each counter's creation time): multiprocess mode has
 # none, and a scrape reads the same in both modes.
 disable_created_metrics()
@@ -64,17 +66,8 @@ if MULTIPROC_DIR:
 
 # How a socket's connect ended (close codes: docs/protocol.md).
 CONNECT_OUTCOMES = ("accepted", "no_session", "too_many", "unavailable", "blocked")
-# The contract's error codes (docs/protocol.md): what a rejected frame is answered.
-FRAME_ERROR_CODES = (
-    "bad_json",
-    "unknown_type",
-    "invalid_text",
-    "text_too_long",
-    "invalid_username",
-    "invalid_request",
-    "rate_limited",
-    "unavailable",
-)
+# The contract's error codes (declared in chat.protocol): what a rejected frame is answered.
+FRAME_ERROR_CODES = tuple(sorted(protocol.ERROR_CODES))
 # What the hub writes to its tabs: room frames (chat, renamed, deleted) and presence frames.
 DELIVERY_KINDS = ("room", "presence")
 

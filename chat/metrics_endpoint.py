@@ -21,14 +21,13 @@ the address, never the header's value.
 import hmac
 import ipaddress
 import logging
-from collections.abc import Callable
-from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from chat import metrics
+from chat.middleware import OnePathMiddleware
 
 logger = logging.getLogger("chat.metrics")
 
@@ -73,29 +72,16 @@ def scrape(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(OnePathMiddleware):
     """Answer ``/metrics`` before the Host check, the HTTPS redirect and the session; pass the rest on.
 
-    Second in ``MIDDLEWARE``, after the health check. Sync and async, like it.
+    Second in ``MIDDLEWARE``, after the health check.
     """
 
-    sync_capable = True
-    async_capable = True
+    path = METRICS_PATH
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+    def answer(self, request: HttpRequest) -> HttpResponse:
+        return scrape(request)
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self._acall(request)
-        if request.path_info == METRICS_PATH:
-            return scrape(request)
-        return self.get_response(request)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        if request.path_info == METRICS_PATH:
-            return await sync_to_async(scrape, thread_sensitive=False)(request)
-        return await self.get_response(request)
+    async def answer_async(self, request: HttpRequest) -> HttpResponse:
+        return await sync_to_async(scrape, thread_sensitive=False)(request)

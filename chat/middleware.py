@@ -4,6 +4,7 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
@@ -82,3 +83,42 @@ class SecureSessionCookieMiddleware:
         if request.is_secure() and settings.SESSION_COOKIE_NAME in response.cookies:
             response.cookies[settings.SESSION_COOKIE_NAME]["secure"] = True
         return response
+
+
+class OnePathMiddleware:
+    """Answer one exact path before the middleware after it; pass everything else on.
+
+    For the operator's endpoints (``/healthz``, ``/metrics``): placed first in
+    ``MIDDLEWARE``, they are answered before the ``Host`` check, the HTTPS
+    redirect and the session. Sync and async, like Django's own middleware: a
+    subclass names its ``path`` and how it answers in a thread (``answer``)
+    and on the event loop (``answer_async``).
+    """
+
+    sync_capable = True
+    async_capable = True
+    path = ""
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        if request.path_info == self.path:
+            return self.answer(request)
+        return self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info == self.path:
+            return await self.answer_async(request)
+        return await self.get_response(request)
+
+    def answer(self, request: HttpRequest) -> HttpResponse:
+        raise NotImplementedError
+
+    async def answer_async(self, request: HttpRequest) -> HttpResponse:
+        raise NotImplementedError
