@@ -1,4 +1,4 @@
-"""Reads: the messages of a room and the settings of a browser."""
+"""Reads: the messages of a room, and the settings and block of a browser."""
 
 import uuid
 from collections.abc import Iterable
