@@ -14,7 +14,6 @@ import contextlib
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -39,13 +38,6 @@ logger = logging.getLogger(__name__)
 # What a broken database, Redis or channel layer raises; the frame is
 # answered with "unavailable" and the socket stays open.
 UNAVAILABLE = (DatabaseError, RedisError, OSError, asyncio.TimeoutError)
-# The threads that resolve connecting sockets (``resolve_socket``: reads
-# only), beside the one thread-sensitive database thread that orders the
-# chat's writes. The process's own, not the event loop's default executor,
-# so their database connections are these few threads' for the process's
-# life (each thread holds one of the pool's connections while it works).
-CONNECT_THREADS = 4
-CONNECTS = ThreadPoolExecutor(max_workers=CONNECT_THREADS, thread_name_prefix="chat-connect")
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_ABNORMAL = 1006
@@ -97,14 +89,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.hub = get_hub()
         self.writer = get_writer()
         try:
-            # One trip to a database thread: the session, its user, the
+            # One trip to the database thread: the session, its user, the
             # browser's settings, its block and the room's newest message id.
-            # Reads only (and the once-a-day read_at), so not the one
-            # thread-sensitive database thread that orders the writes: one of
-            # CONNECTS, so connects do not queue behind chat writes
-            # (docs/performance.md, "Issue 11": returning tabs 254–287/s →
-            # 324–332/s in the same runs).
-            start = await database_sync_to_async(services.resolve_socket, thread_sensitive=False, executor=CONNECTS)(
+            start = await database_sync_to_async(services.resolve_socket)(
                 session_key=session_key(self.scope), room=self.room
             )
         except UNAVAILABLE as exc:

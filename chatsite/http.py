@@ -10,10 +10,9 @@ threaded WSGI server, and the event loop sends the response: one hop each
 way. Measured (docs/performance.md): new browsers connected at 21/s through
 Django's ASGI handler, at 134/s this way.
 
-The pool threads are not the one thread the sockets' writes and reads use
-(``database_sync_to_async`` is thread-sensitive): page views do not queue
-behind chat messages (a socket's connect has threads of its own,
-``consumers.CONNECTS``). Each thread takes its own connection from the
+The pool threads are not the one thread the sockets' database work uses
+(``database_sync_to_async`` is thread-sensitive): page views and sockets do
+not queue behind each other. Each thread takes its own connection from the
 database pool (``DATABASE_POOL_SIZE``).
 
 Responses are sent whole. The app's responses are pages, the admin and a

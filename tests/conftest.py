@@ -8,7 +8,6 @@ service fails the run instead.
 
 import copy
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,31 +180,6 @@ def all_queries(monkeypatch) -> AllQueries:
 
     monkeypatch.setattr(utils.CursorWrapper, "_execute_with_wrappers", recording)
     return record
-
-
-@pytest.fixture(scope="session", autouse=True)
-def connect_threads_let_go(django_db_setup, django_db_blocker) -> Iterator[None]:
-    """Close what the consumers' connect threads hold before the test database is dropped.
-
-    Under the test harness a connect thread's connection outlives its call
-    (outside tests each call gives it back to the pool: measured), and
-    ``DROP DATABASE`` refuses a database in use. Each of the pool's threads
-    closes its own, once every test has run.
-    """
-    yield
-    from django.db import connections
-
-    from chat.consumers import CONNECT_THREADS, CONNECTS
-
-    together = threading.Barrier(CONNECT_THREADS)
-
-    def close_mine() -> None:
-        together.wait(timeout=5)  # one task per thread: none takes two
-        connections.close_all()
-
-    with django_db_blocker.unblock():
-        for done in [CONNECTS.submit(close_mine) for _ in range(CONNECT_THREADS)]:
-            done.result()
 
 
 @pytest.fixture(scope="session")
