@@ -160,13 +160,27 @@ class RedisRateLimiter:
     async def hit(self, *, action: str, author_id: str) -> float | None:
         rule = limit(action)
         try:
-            missing = float(
-                await self._script([redis_client.key("rate", action, author_id)], [rule.burst, rule.per_second])
-            )
+            missing = await self._script(*_script_input(action, author_id, rule))
         except (RedisError, OSError) as exc:
-            logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)
-            return await _fallback.hit(action=action, author_id=author_id)
-        return None if missing < 0 else _retry_after(missing, rule.per_second)
+            return _fall_back(exc, action=action, owner=author_id)
+        return _answer(missing, rule)
+
+
+def _script_input(action: str, owner: str, rule: Limit) -> tuple[list[str], list[float]]:
+    """The bucket script's keys and arguments for ``owner``'s bucket of ``action``."""
+    return [redis_client.key("rate", action, owner)], [rule.burst, rule.per_second]
+
+
+def _answer(missing: str, rule: Limit) -> float | None:
+    """None if the script allowed the token, else seconds until one is free."""
+    tokens = float(missing)
+    return None if tokens < 0 else _retry_after(tokens, rule.per_second)
+
+
+def _fall_back(exc: Exception, *, action: str, owner: str) -> float | None:
+    """Redis is away: take the token from this process's own buckets."""
+    logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)
+    return _fallback.take(action=action, owner=owner)
 
 
 class SyncRedisRateLimiter:
@@ -178,11 +192,10 @@ class SyncRedisRateLimiter:
     def take(self, *, action: str, owner: str) -> float | None:
         rule = limit(action)
         try:
-            missing = float(self._script([redis_client.key("rate", action, owner)], [rule.burst, rule.per_second]))
+            missing = self._script(*_script_input(action, owner, rule))
         except (RedisError, OSError) as exc:
-            logger.warning("rate limit falls back to this process: Redis unavailable (%s)", exc.__class__.__name__)
-            return _fallback.take(action=action, owner=owner)
-        return None if missing < 0 else _retry_after(missing, rule.per_second)
+            return _fall_back(exc, action=action, owner=owner)
+        return _answer(missing, rule)
 
 
 _local = LocalRateLimiter()

@@ -3,7 +3,7 @@
 The sockets' code runs on an event loop and uses a ``redis.asyncio`` client
 per loop (``get_redis``, ``bound``). A page view runs in a thread of its
 own (chatsite/http.py) and uses the process's one sync client
-(``get_sync_redis``, ``bound_sync``).
+(``bound_sync``).
 """
 
 import asyncio
@@ -63,13 +63,8 @@ _sync_clients: dict[str, sync_redis.Redis] = {}
 _sync_bound: dict[tuple[str, Callable[..., Any]], Any] = {}
 
 
-def get_sync_redis() -> sync_redis.Redis:
-    """Return this process's sync client for ``settings.REDIS_URL``, shared by its threads (the pool is thread-safe)."""
-    with _sync_lock:
-        return _sync_client(settings.REDIS_URL)
-
-
 def _sync_client(url: str) -> sync_redis.Redis:
+    """This process's sync client for ``url``, shared by its threads (the pool is thread-safe); under ``_sync_lock``."""
     client = _sync_clients.get(url)
     if client is None:
         client = _sync_clients[url] = sync_redis.Redis.from_url(
