@@ -13,6 +13,8 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -26,7 +28,7 @@ from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
 from chat.realtime.tab import PREPARED, prepare
-from chatsite.server import MAX_CLIENT_MESSAGE_BYTES, ChatWebSocketProtocol, queued_bytes
+from chatsite.server import GC_YOUNG_THRESHOLD, MAX_CLIENT_MESSAGE_BYTES, ChatWebSocketProtocol, queued_bytes
 from tests.servers import PLAIN_DAPHNE, People, Server, closed_with, drain, manage, recv, until_people
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
@@ -54,6 +56,22 @@ def test_plain_daphne_warns_once_at_startup_naming_the_right_command(server_env,
 
 def test_chatsite_server_starts_without_that_warning(server):
     assert startup_warnings(server) == []
+
+
+def test_the_server_freezes_what_start_up_loaded_and_collects_young_objects_less_often(server_env):
+    """What ``python -m chatsite.server`` does before daphne starts (chatsite.server.tune_garbage_collector)."""
+    script = (
+        "import gc; from chatsite import server; server.tune_garbage_collector(); "
+        "import django.db.models, chat.consumers; "  # loaded by the freeze, not after it
+        "print(gc.get_freeze_count(), gc.get_threshold()[0], sum(gc.get_count()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=server_env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    frozen, young_threshold, allocated_since = map(int, out)
+    assert frozen > 50_000  # Django, Channels, daphne and the chat's modules
+    assert young_threshold == GC_YOUNG_THRESHOLD > 700  # Python's default is 700
+    assert allocated_since < 1_000  # nothing much was loaded after the freeze
 
 
 async def test_oversize_frame_closes_with_1009(server):

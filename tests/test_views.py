@@ -103,6 +103,19 @@ def test_session_id_is_stable_across_views_and_refreshed_daily(client):
     assert session_id_of(client) == first
 
 
+def test_an_expired_session_is_not_read_and_the_browser_starts_afresh(client):
+    client.get("/chat/lobby/")
+    keep_session(client)
+    services.rename_visitor(session_id=session_id_of(client), username="old-name", previous="guest")
+    expired_key = client.cookies["sessionid"].value
+    Session.objects.filter(pk=expired_key).update(expire_date=timezone.now() - timezone.timedelta(seconds=1))
+    response = client.get("/chat/lobby/")
+    # A new session, a new identity, and not the expired one's name.
+    assert response.cookies["sessionid"].value != expired_key
+    assert page_config(response)["username"] != "old-name"
+    assert VisitorSettings.objects.get().username == "old-name"  # the old browser's row is left to the purge
+
+
 def test_session_id_survives_login_key_rotation_and_logout(client):
     client.get("/chat/lobby/")
     first = session_id_of(client)
