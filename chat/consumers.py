@@ -47,6 +47,10 @@ CLOSE_ABNORMAL = 1006
 class ChatConsumer(AsyncWebsocketConsumer):
     """A websocket of one browser tab in one room."""
 
+    # No channel-layer channel of its own (see ``__call__``); also what
+    # Channels' own ``__call__`` would read, were it ever called again.
+    channel_layer_alias = None
+
     # Set once the socket's identity is known (and it is handed to the hub).
     tab: Tab | None = None
     # Frames refused in a row for the socket's frame budget (0: within it): a

@@ -29,7 +29,8 @@ Two additions:
   (docs/performance.md: that round trip was a quarter of the server's time
   in a busy room of 1,000).
 
-And one setting of the process: the garbage collector's (``tune_garbage_collector``).
+And one setting of the process, once daphne has loaded the application: the
+garbage collector's (``ChatCommandLine``, ``tune_garbage_collector``).
 
 ``MAX_CLIENT_MESSAGE_BYTES`` is the one declaration of the client limit;
 ``DAPHNE_LIMIT_ARGS`` is how the test and benchmark servers pass it. The
@@ -268,29 +269,40 @@ def tune_garbage_collector() -> None:
     libraries' ~107,000 from start-up, plus every open socket's. Under a
     reconnect storm of 4,000 tabs the defaults ran 14 full collections,
     1.75 s of pauses of ~125 ms each, and the slowest connects waited on
-    them (docs/performance.md, "The garbage collector"). So, once
-    everything is imported: collect what start-up left, ``gc.freeze()``
-    the rest (moved to a permanent generation no collection walks; the
-    ``gc`` documentation's advice for long-lived start-up objects), and
-    let ``GC_YOUNG_THRESHOLD`` allocations pass between young collections,
-    so fewer of them run, each promoting less into the older generations.
+    them (docs/performance.md, "Third session of issue 11"). So, once the
+    application is loaded: collect what start-up left, ``gc.freeze()`` the
+    rest (moved to a permanent generation no collection walks; the ``gc``
+    documentation's advice for long-lived start-up objects), and let
+    ``GC_YOUNG_THRESHOLD`` allocations pass between young collections, so
+    fewer of them run, each promoting less into the older generations.
     """
-    import chatsite.asgi  # noqa: F401 - Django set up and the application loaded, to be frozen
-
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+class ChatCommandLine(CommandLineInterface):
+    """daphne's command line, tuning the garbage collector once the application is loaded.
+
+    daphne/cli.py ``CommandLineInterface.run`` parses the arguments, sets up
+    logging, then calls ``load_asgi_app`` (its hook for loading the
+    application) before it builds the server and starts the reactor.
+    """
+
+    def load_asgi_app(self, asgi_app_path: str) -> Any:
+        application = super().load_asgi_app(asgi_app_path)
+        tune_garbage_collector()
+        return application
+
+
 def main() -> None:
-    tune_garbage_collector()
     # daphne/server.py imports ``WebSocketFactory`` from daphne.ws_protocol
     # into its own namespace, and ``Server.run`` builds ``self.ws_factory =
     # WebSocketFactory(self, server=...)`` from that module global: daphne
     # has no option or hook for another factory or protocol class, so the
     # global is replaced before the CLI builds the server.
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
-    CommandLineInterface.entrypoint()
+    ChatCommandLine.entrypoint()
 
 
 if __name__ == "__main__":
