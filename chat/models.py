@@ -52,8 +52,16 @@ class Room(models.Model):
         return self.name
 
 
+class MessageQuerySet(models.QuerySet):
+    def shown(self) -> "MessageQuerySet":
+        """The messages the chat shows anywhere: all but those staff deleted (``chat.moderation``)."""
+        return self.filter(deleted_at=None)
+
+
 class Message(models.Model):
     """One chat message, with the author's name as it was when sent."""
+
+    objects = MessageQuerySet.as_manager()
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages", db_column="room")
     author_id = models.CharField(max_length=32, db_index=True)

@@ -8,7 +8,7 @@ every open tab with ``gateway.send_on_commit``, as the other services do.
 A deleted message is deleted softly: its row keeps its id (ids stay the
 room's gapless order for ``resume``, and a resent ``client_id`` finds the
 row instead of storing the message again) but it is shown nowhere any more
-(``selectors`` and ``newest_page`` skip it). A block is a ``Block`` row for
+(its readers ask for ``Message.objects.shown()``). A block is a ``Block`` row for
 the browser's public ``author_id``: a connect reads it in the query it
 already makes (``selectors.socket_facts``), and the ``VisitorBlocked``
 event closes the browser's open sockets on every process.

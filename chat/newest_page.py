@@ -104,7 +104,8 @@ def changed(rooms: Iterable[str]) -> None:
 
 def _newest_stored(room: str) -> list[CachedMessage]:
     rows = (
-        Message.objects.filter(room_id=room, deleted_at=None)
+        Message.objects.filter(room_id=room)
+        .shown()
         .order_by("-id")
         .values_list("id", "room_id", "author_id", "username", "verified", "text", "created_at", "client_id")
     )

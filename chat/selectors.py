@@ -28,7 +28,7 @@ def messages_before(*, room: str, before: int | None, limit: int) -> tuple[list[
     """
     if before is None:
         return newest_page.newest(room=room, limit=limit)
-    query = Message.objects.filter(room_id=room, id__lt=before, deleted_at=None).order_by("-id")
+    query = Message.objects.filter(room_id=room, id__lt=before).shown().order_by("-id")
     page = list(query[: limit + 1])
     has_more = len(page) > limit
     page = page[:limit]
@@ -38,7 +38,7 @@ def messages_before(*, room: str, before: int | None, limit: int) -> tuple[list[
 
 def messages_after(*, room: str, after: int, limit: int) -> tuple[list[Message], bool]:
     """Return up to ``limit`` messages with id > ``after``, oldest first, and whether more follow."""
-    page = list(Message.objects.filter(room_id=room, id__gt=after, deleted_at=None).order_by("id")[: limit + 1])
+    page = list(Message.objects.filter(room_id=room, id__gt=after).shown().order_by("id")[: limit + 1])
     return page[:limit], len(page) > limit
 
 
